@@ -1,0 +1,25 @@
+# Two commands for a fresh machine (Python 3.11 + pip):  make quickstart   and   make test
+# Each creates .venv when it is missing (pinned environment of requirements.txt) and reuses it otherwise.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv quickstart test test-fast clean
+
+$(BIN)/.installed: requirements.txt setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q setuptools==80.10.2 wheel
+	$(BIN)/pip install -q --no-build-isolation -r requirements.txt
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.installed
+
+quickstart: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/quickstart.py
+
+test: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) quickstart_out

@@ -1,0 +1,21 @@
+"""basicsr_ext: TVQ&RAP and AESOP as BasicSR components.
+
+Importing this package applies the compatibility patches for PyPI basicsr 1.4.2 (see ``compat``), routes
+BasicSR's option parsing through the safe YAML loader, and registers every arch, dataset, loss, metric and
+model of ours into BasicSR's registries.
+"""
+from . import compat
+
+compat.apply()
+
+from .utils import options as _options  # noqa: E402
+
+_options.install()
+
+from .models import engine as _engine  # noqa: E402
+
+_engine.install_resumable_sampler()
+
+from . import archs, data, losses, metrics, models  # noqa: E402,F401
+
+__version__ = '0.1.0'

@@ -1,0 +1,399 @@
+"""What every model of ours shares, as a mixin placed before a BasicSR model class.
+
+    class MyModel(EngineMixin, SRModel): ...
+
+- ``train:`` switches (all opt-in): ``use_amp`` + ``amp_dtype: bf16|fp16`` (GradScaler for fp16),
+  ``channels_last``, ``compile`` (torch.compile of net_g), ``grad_clip`` (max gradient norm).
+  Loss networks stay fp32: they run inside :meth:`fp32` blocks.
+- Exact resume: the training state also holds the GradScaler, the RNG states of torch, numpy and python
+  (per rank, as tensors so that ``weights_only=True`` loads them) and the iteration; the train sampler skips
+  the samples already consumed in the interrupted epoch (see :class:`ResumableEnlargedSampler`).
+- Atomic checkpoints and states (temporary file + rename): a kill while saving never breaks ``--auto_resume``.
+- NaN/inf guard: a non-finite loss term stops training naming the term and the iteration, before any step
+  or save, so the last good checkpoint is untouched.
+- Validation: sharded over ranks in DDP (no rank idles into a collective timeout), ``val.key_metric``
+  saves ``net_g_best.pth`` when that metric improves.
+- Official checkpoints: :meth:`load_network` is weights-only and lets an arch translate a released layout
+  through ``arch.convert_official_state_dict(sd) -> (sd, layout_name | None)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from collections import OrderedDict
+from copy import deepcopy
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from basicsr.data.data_sampler import EnlargedSampler
+from basicsr.metrics import calculate_metric
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+
+from basicsr_ext.utils.checkpoint import (CheckpointError, atomic_save, describe_key_mismatch, extract_state_dict,
+                                          load_checkpoint)
+
+ENGINE_TRAIN_KEYS = ('use_amp', 'amp_dtype', 'channels_last', 'compile', 'grad_clip')
+_AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf."""
+
+
+class ConfigError(ValueError):
+    """An option that cannot work, found before the first iteration."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# exact resume: RNG states as tensors, and the sampler that skips consumed samples
+# ----------------------------------------------------------------------------------------------------------
+def get_rng_state() -> dict[str, torch.Tensor]:
+    """torch / numpy / python RNG states, all as tensors (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        'torch': torch.get_rng_state(),
+        'numpy_keys': torch.from_numpy(np_state[1].astype(np.int64)),
+        'numpy_meta': torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
+        'numpy_gauss': torch.tensor([np_state[4]], dtype=torch.float64),
+        'python': torch.tensor(list(py_internal), dtype=torch.int64),
+        'python_meta': torch.tensor([py_version, 0 if py_gauss is None else 1], dtype=torch.int64),
+        'python_gauss': torch.tensor([0.0 if py_gauss is None else py_gauss], dtype=torch.float64),
+    }
+    if torch.cuda.is_available():
+        state['cuda'] = torch.stack([s for s in torch.cuda.get_rng_state_all()]) if torch.cuda.device_count() else \
+            torch.empty(0)
+    return state
+
+
+def set_rng_state(state: Mapping[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state['torch'].cpu().to(torch.uint8))
+    meta = state['numpy_meta'].tolist()
+    np.random.set_state(('MT19937', state['numpy_keys'].numpy().astype(np.uint32), int(meta[0]), int(meta[1]),
+                         float(state['numpy_gauss'][0])))
+    version, has_gauss = state['python_meta'].tolist()
+    gauss = float(state['python_gauss'][0]) if has_gauss else None
+    random.setstate((int(version), tuple(int(v) for v in state['python'].tolist()), gauss))
+    if 'cuda' in state and torch.cuda.is_available() and state['cuda'].numel():
+        for i, s in enumerate(state['cuda'][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s.cpu().to(torch.uint8), i)
+
+
+_PENDING_RESUME: dict[str, Any] = {}
+
+
+class ResumableEnlargedSampler(EnlargedSampler):
+    """BasicSR's EnlargedSampler that, after a resume, continues the interrupted epoch where it stopped.
+
+    BasicSR restarts the interrupted epoch from its first sample; this skips the samples already consumed
+    (``(iter - epoch * batches_per_epoch) * batch_size``) and restores the RNG states saved with the state
+    right before the first resumed sample is drawn, so a resumed run sees exactly the batches and random
+    crops of an uninterrupted one (exact with ``num_worker_per_gpu: 0``; workers re-seed per epoch).
+    """
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        pending = _PENDING_RESUME.get('state')
+        if pending is not None and pending['epoch'] == self.epoch:
+            _PENDING_RESUME.clear()
+            batch = pending['batch_size']
+            per_epoch = len(indices) // batch  # the loader drops the last incomplete batch
+            consumed = max(0, pending['iter'] - self.epoch * per_epoch) * batch
+            indices = indices[consumed:]
+            if pending.get('rng') is not None:
+                set_rng_state(pending['rng'])
+        return iter(indices)
+
+
+def install_resumable_sampler() -> None:
+    """Make basicsr's train pipeline build our sampler (same constructor, same sampling)."""
+    import basicsr.train as btrain
+    btrain.EnlargedSampler = ResumableEnlargedSampler
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the mixin
+# ----------------------------------------------------------------------------------------------------------
+class EngineMixin:
+    """AMP / channels_last / compile / grad clip, exact resume, atomic saves, NaN guard, sharded validation."""
+
+    # ---- switches ------------------------------------------------------------------------------------------
+    def setup_engine(self) -> None:
+        """Read the ``train:`` switches; call from ``init_training_settings`` before building optimizers."""
+        train_opt = self.opt.get('train', {}) or {}
+        self.use_amp = bool(train_opt.get('use_amp', False))
+        dtype_name = str(train_opt.get('amp_dtype', 'bf16')).lower()
+        if dtype_name not in _AMP_DTYPES:
+            raise ConfigError(f"train.amp_dtype: {dtype_name!r} is not one of bf16, fp16")
+        self.amp_dtype = _AMP_DTYPES[dtype_name]
+        if self.use_amp and self.amp_dtype == torch.float16 and self.device.type == 'cpu':
+            raise ConfigError('train.amp_dtype: fp16 autocast is for GPUs; use bf16 on CPU')
+        self.grad_clip = train_opt.get('grad_clip')
+        if self.grad_clip is not None and float(self.grad_clip) <= 0:
+            raise ConfigError(f'train.grad_clip must be a positive max norm, got {self.grad_clip}')
+        self.channels_last = bool(train_opt.get('channels_last', False))
+        self.grad_scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
+        if self.channels_last:
+            for name in self._network_names():
+                setattr(self, name, getattr(self, name).to(memory_format=torch.channels_last))
+        if train_opt.get('compile', False):
+            self.net_g = torch.compile(self.net_g)
+
+    def _network_names(self) -> list[str]:
+        return [n for n in ('net_g', 'net_d', 'net_g_ema') if isinstance(getattr(self, n, None), torch.nn.Module)]
+
+    def to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, 'channels_last', False) and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self):
+        """Mixed precision for the generator and discriminator forward passes (no-op when use_amp is off)."""
+        return torch.autocast(self.device.type, dtype=getattr(self, 'amp_dtype', torch.bfloat16),
+                              enabled=getattr(self, 'use_amp', False))
+
+    @staticmethod
+    def fp32():
+        """Run loss networks (VGG, LPIPS, the AESOP AE) and VQ distances in fp32 even inside autocast."""
+        if torch.is_autocast_enabled('cpu') or (torch.cuda.is_available() and torch.is_autocast_enabled('cuda')):
+            return torch.autocast('cuda' if torch.cuda.is_available() else 'cpu', enabled=False)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        scaler = getattr(self, 'grad_scaler', None)
+        (scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss).backward(retain_graph=retain_graph)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, net: torch.nn.Module | None = None) -> None:
+        """Unscale (fp16), clip to ``train.grad_clip`` and step; call :meth:`scaler_update` once per iteration."""
+        scaler = getattr(self, 'grad_scaler', None)
+        scaling = scaler is not None and scaler.is_enabled()
+        if getattr(self, 'grad_clip', None) and net is not None:
+            if scaling:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.grad is not None], float(self.grad_clip))
+        if scaling:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+
+    def scaler_update(self) -> None:
+        scaler = getattr(self, 'grad_scaler', None)
+        if scaler is not None and scaler.is_enabled():
+            scaler.update()
+
+    @staticmethod
+    def check_finite(loss_dict: Mapping[str, torch.Tensor], current_iter: int) -> None:
+        """Stop on a NaN/inf loss term, naming it, before anything is stepped or saved."""
+        for name, value in loss_dict.items():
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value.detach()).all()):
+                raise NonFiniteLossError(
+                    f'loss term {name!r} is {value.detach().float().mean().item()} at iteration {current_iter}; '
+                    'training stopped before the optimizer step, and the last saved checkpoint is intact '
+                    '(try a lower learning rate, train.grad_clip, or use_amp: false)')
+
+    # ---- networks ------------------------------------------------------------------------------------------
+    def get_bare_model(self, net: torch.nn.Module) -> torch.nn.Module:
+        net = super().get_bare_model(net)
+        return getattr(net, '_orig_mod', net)  # torch.compile wrapper
+
+    def load_network(self, net: torch.nn.Module, load_path: str, strict: bool = True,
+                     param_key: str | None = 'params') -> None:
+        """Weights-only load; ``param_key`` → params_ema → params → raw dict; official layouts translated."""
+        logger = get_root_logger()
+        net = self.get_bare_model(net)
+        state_dict = extract_state_dict(load_checkpoint(load_path), param_key, load_path)
+        converter = getattr(net, 'convert_official_state_dict', None)
+        if converter is not None:
+            state_dict, layout = converter(state_dict)
+            if layout:
+                logger.info(f'{load_path}: recognised the {layout} layout and translated it.')
+        logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+        own = net.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        wrong_shape = [k for k in state_dict if k in own and state_dict[k].shape != own[k].shape]
+        if strict and (missing or unexpected or wrong_shape):
+            msg = describe_key_mismatch(missing, unexpected, load_path)
+            if wrong_shape:
+                k = wrong_shape[0]
+                msg += (f' {len(wrong_shape)} tensors of the wrong shape (first: {k} '
+                        f'{tuple(state_dict[k].shape)} vs {tuple(own[k].shape)})')
+            raise CheckpointError(msg)
+        if not strict:
+            for k in wrong_shape:
+                logger.warning(f'{load_path}: skip {k}: shape {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}')
+                state_dict.pop(k)
+            if missing or unexpected:
+                logger.warning(describe_key_mismatch(missing, unexpected, load_path))
+        net.load_state_dict(state_dict, strict=strict)
+
+    def save_network(self, net, net_label: str, current_iter, param_key='params') -> None:
+        """BasicSR's layout (``{param_key: state_dict}``), written atomically."""
+        if current_iter == -1:
+            current_iter = 'latest'
+        save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        assert len(nets) == len(keys), 'The lengths of net and param_key should be the same.'
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            sd = self.get_bare_model(net_).state_dict()
+            save_dict[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.detach().cpu().clone())
+                                         for k, v in sd.items())
+        atomic_save(save_dict, save_path)
+
+    # ---- training state --------------------------------------------------------------------------------------
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """Optimizers, schedulers, GradScaler, RNG states of every rank; atomic; written by rank 0."""
+        if current_iter == -1:
+            return
+        rng = get_rng_state()
+        if self.opt.get('dist') and dist.is_initialized():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, rng)
+        else:
+            gathered = [rng]
+        if self.opt.get('rank', 0) != 0:
+            return
+        state = {'epoch': epoch, 'iter': current_iter,
+                 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers],
+                 'grad_scaler': self.grad_scaler.state_dict() if hasattr(self, 'grad_scaler') else {},
+                 'rng': gathered,
+                 'extra': self.extra_training_state()}
+        atomic_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def extra_training_state(self) -> dict:
+        """Model-specific tensors to keep across a resume (override; tensors/numbers only)."""
+        return {}
+
+    def load_extra_training_state(self, extra: Mapping) -> None:
+        """Counterpart of :meth:`extra_training_state`."""
+
+    def resume_training(self, resume_state: Mapping) -> None:
+        super().resume_training(resume_state)
+        if resume_state.get('grad_scaler') and hasattr(self, 'grad_scaler'):
+            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
+        self.load_extra_training_state(resume_state.get('extra', {}))
+        rng_all = resume_state.get('rng') or []
+        rank = self.opt.get('rank', 0)
+        rng = rng_all[rank] if rank < len(rng_all) else None
+        batch = self.opt['datasets']['train'].get('batch_size_per_gpu', 1)
+        _PENDING_RESUME['state'] = {'epoch': resume_state['epoch'], 'iter': resume_state['iter'],
+                                    'batch_size': batch, 'rng': rng}
+
+    # ---- validation ------------------------------------------------------------------------------------------
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+        super().validation(dataloader, current_iter, tb_logger, save_img)
+        self._save_best_by_key_metric(dataloader.dataset.opt['name'], current_iter)
+
+    def _save_best_by_key_metric(self, dataset_name: str, current_iter: int) -> None:
+        key = (self.opt.get('val') or {}).get('key_metric')
+        if not key or not self.opt.get('is_train') or not hasattr(self, 'best_metric_results'):
+            return
+        record = self.best_metric_results.get(dataset_name, {}).get(key)
+        if record is None:
+            raise ConfigError(f"val.key_metric: {key!r} is not one of val.metrics ({list(self.opt['val']['metrics'])})")
+        if record['iter'] == current_iter and self.opt.get('rank', 0) == 0:
+            nets = [self.net_g_ema, self.net_g] if hasattr(self, 'net_g_ema') else self.net_g
+            keys = ['params_ema', 'params'] if hasattr(self, 'net_g_ema') else 'params'
+            self.save_network(nets, 'net_g', 'best', param_key=keys)
+            get_root_logger().info(f'Saved net_g_best.pth: {key} = {record["val"]:.4f} at iter {current_iter}')
+
+    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """Every rank validates its share of the images; metric sums are all-reduced."""
+        self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
+
+    def extra_validation_metrics(self) -> dict[str, float]:
+        """Model-specific metrics added to the validation log (override, e.g. codebook usage)."""
+        return {}
+
+    def validation_images(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(result, gt) as BasicSR uint8 images for the current batch; override for other visuals."""
+        visuals = self.get_current_visuals()
+        gt = tensor2img([visuals['gt']]) if 'gt' in visuals else None
+        return tensor2img([visuals['result']]), gt
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        dataset_name = dataloader.dataset.opt['name']
+        metrics_opt = (self.opt.get('val') or {}).get('metrics') or {}
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if metrics_opt:
+            self._initialize_best_metric_results(dataset_name)
+        sums = torch.zeros(len(metrics_opt) + 1, dtype=torch.float64)
+        use_pbar = self.opt['val'].get('pbar', False) and rank == 0
+        pbar = None
+        if use_pbar:
+            from tqdm import tqdm
+            pbar = tqdm(total=len(dataloader), unit='image')
+        self.start_validation()
+        for idx, val_data in enumerate(dataloader):
+            if idx % world != rank:
+                continue
+            path = val_data.get('lq_path', val_data.get('gt_path'))[0]
+            img_name = os.path.splitext(os.path.basename(path))[0]
+            self.feed_data(val_data)
+            self.test()
+            sr_img, gt_img = self.validation_images()
+            self.after_validation_image()
+            if save_img:
+                if self.opt['is_train']:
+                    save_path = os.path.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
+                else:
+                    suffix = self.opt['val'].get('suffix') or self.opt['name']
+                    save_path = os.path.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
+                imwrite(sr_img, save_path)
+            metric_data = {'img': sr_img} if gt_img is None else {'img': sr_img, 'img2': gt_img}
+            for i, (name, opt_) in enumerate(metrics_opt.items()):
+                sums[i] += float(calculate_metric(metric_data, deepcopy(opt_)))
+            sums[-1] += 1
+            if pbar is not None:
+                pbar.update(world)
+                pbar.set_description(f'Test {img_name}')
+        if pbar is not None:
+            pbar.close()
+        if world > 1:
+            dist.all_reduce(sums)
+        extra = self.finish_validation()
+        count = max(1.0, float(sums[-1]))
+        self.metric_results = {name: float(sums[i]) / count for i, name in enumerate(metrics_opt)}
+        for name, value in self.metric_results.items():
+            self._update_best_metric_result(dataset_name, name, value, current_iter)
+        if rank == 0 and (self.metric_results or extra):
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+            if extra:
+                get_root_logger().info('\t'.join(f'# {k}: {v:.4f}' for k, v in extra.items()))
+                if tb_logger:
+                    for k, v in extra.items():
+                        tb_logger.add_scalar(f'metrics/{dataset_name}/{k}', v, current_iter)
+
+    def start_validation(self) -> None:
+        """Hook before the validation loop (e.g. reset codebook counters)."""
+
+    def after_validation_image(self) -> None:
+        """Hook after each validation image; frees the batch by default."""
+        for name in ('lq', 'gt', 'output'):
+            if hasattr(self, name):
+                delattr(self, name)
+
+    def finish_validation(self) -> dict[str, float]:
+        """Hook after the loop; returns extra metrics to log (all-reduce them yourself in DDP)."""
+        return self.extra_validation_metrics()
+
+
+def reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (identity without DDP)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
+def is_finite_number(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,198 @@
+"""Option files are data: a safe YAML loader with BasicSR's semantics, and BasicSR's ``parse_options`` on it.
+
+PyPI basicsr 1.4.2 parses option files with PyYAML's full (C)Loader, so a ``!!python/object/apply`` tag in
+a downloaded ``.yml`` runs code, and ``--force_yml`` goes through ``exec``. Here the same options are parsed
+with a SafeLoader that keeps ordered mappings, ``~``, ``!!float 2e-4`` and anchors; any other tag stops
+with the file, line and tag named, before anything is constructed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import random
+from collections import OrderedDict
+from typing import Any
+
+import yaml
+
+
+class OptionError(ValueError):
+    """An option file or option value that cannot be accepted."""
+
+
+class SafeOrderedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader whose mappings are OrderedDicts (BasicSR's `ordered_yaml` semantics, minus code)."""
+
+
+def _construct_mapping(loader: SafeOrderedLoader, node: yaml.MappingNode) -> OrderedDict:
+    loader.flatten_mapping(node)
+    return OrderedDict(loader.construct_pairs(node))
+
+
+def _refuse_tag(loader: SafeOrderedLoader, tag_suffix: str, node: yaml.Node) -> Any:
+    mark = node.start_mark
+    raise OptionError(f'{mark.name}, line {mark.line + 1}: tag {node.tag!r} is not allowed in option files '
+                      '(they are data: only plain YAML values, ~ and !!float are accepted); nothing was executed')
+
+
+SafeOrderedLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+SafeOrderedLoader.add_multi_constructor('', _refuse_tag)  # every tag SafeLoader does not know
+SafeOrderedLoader.add_multi_constructor('tag:yaml.org,2002:python/', _refuse_tag)
+
+
+def yaml_load_safe(stream: Any, name: str = '<string>') -> Any:
+    """Parse YAML text or an open file with SafeOrderedLoader; errors name the file and line."""
+    loader = SafeOrderedLoader(stream)
+    if name != '<string>':
+        loader.name = name
+    try:
+        return loader.get_single_data()
+    except OptionError:
+        raise
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f'{name}, line {mark.line + 1}' if mark is not None else name
+        raise OptionError(f'{where}: invalid YAML: {e.problem or e}') from None
+    except yaml.YAMLError as e:
+        raise OptionError(f'{name}: invalid YAML: {e}') from None
+    finally:
+        loader.dispose()
+
+
+def load_option_file(path: str) -> OrderedDict:
+    """Read an option file safely; a missing file, invalid YAML or a non-mapping top level is an OptionError."""
+    if not osp.isfile(path):
+        raise OptionError(f'option file not found: {path}')
+    try:
+        with open(path, encoding='utf-8') as f:
+            opt = yaml_load_safe(f, name=path)
+    except UnicodeDecodeError as e:
+        raise OptionError(f'{path}: not a UTF-8 text file ({e.reason})') from None
+    if not isinstance(opt, dict):
+        raise OptionError(f'{path}: the top level must be a mapping of options, got {type(opt).__name__}')
+    return opt
+
+
+def _set_by_path(opt: dict, entry: str) -> None:
+    """Apply one ``--force_yml a:b=value`` (value parsed as a safe YAML scalar; no exec)."""
+    if '=' not in entry:
+        raise OptionError(f'--force_yml {entry!r}: expected key:subkey=value')
+    keys, value = entry.split('=', 1)
+    parts = [k.strip() for k in keys.strip().split(':')]
+    value = yaml_load_safe(value.strip(), name=f'--force_yml {entry}')
+    node = opt
+    for k in parts[:-1]:
+        if not isinstance(node, dict) or k not in node:
+            raise OptionError(f'--force_yml {entry!r}: option {":".join(parts)} has no parent key {k!r}')
+        node = node[k]
+    node[parts[-1]] = value
+
+
+def _dict_check(opt: dict, path: str) -> None:
+    for key in ('name', 'datasets'):
+        if key not in opt:
+            raise OptionError(f'{path}: missing top-level key {key!r}')
+    opt.setdefault('path', OrderedDict())
+    opt.setdefault('num_gpu', 0)
+    if opt['path'] is None:
+        opt['path'] = OrderedDict()
+
+
+def parse_options(root_path: str, is_train: bool = True):
+    """BasicSR 1.4.2's ``parse_options`` with the same flags and folders, on the safe loader."""
+    import torch
+    from basicsr.utils import set_random_seed
+    from basicsr.utils.dist_util import get_dist_info
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument('-opt', type=str, required=True, help='Path to option YAML file.')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
+    parser.add_argument('--auto_resume', action='store_true')
+    parser.add_argument('--debug', action='store_true')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--force_yml', nargs='+', default=None,
+                        help='Force to update yml options. Example: train:ema_decay=0.999')
+    args = parser.parse_args()
+
+    opt = load_option_file(args.opt)
+    _dict_check(opt, args.opt)
+    if args.launcher == 'none':
+        opt['dist'] = False
+        print('Disable distributed.', flush=True)
+    else:
+        opt['dist'] = True
+        import basicsr.utils.options as bopt  # its init_dist is patched by basicsr_ext.compat for CPU/gloo
+        if args.launcher == 'slurm' and 'dist_params' in opt:
+            bopt.init_dist(args.launcher, **opt['dist_params'])
+        else:
+            bopt.init_dist(args.launcher)
+    opt['rank'], opt['world_size'] = get_dist_info()
+
+    seed = opt.get('manual_seed')
+    if seed is None:
+        seed = random.randint(1, 10000)
+        opt['manual_seed'] = seed
+    set_random_seed(seed + opt['rank'])
+
+    for entry in args.force_yml or []:
+        _set_by_path(opt, entry)
+
+    opt['auto_resume'] = args.auto_resume
+    opt['is_train'] = is_train
+    if args.debug and not opt['name'].startswith('debug'):
+        opt['name'] = 'debug_' + opt['name']
+    if opt['num_gpu'] == 'auto':
+        opt['num_gpu'] = torch.cuda.device_count()
+
+    for phase, dataset in opt['datasets'].items():
+        dataset['phase'] = phase.split('_')[0]
+        if 'scale' in opt:
+            dataset['scale'] = opt['scale']
+        for key in ('dataroot_gt', 'dataroot_lq'):
+            if dataset.get(key) is not None:
+                dataset[key] = osp.expanduser(dataset[key])
+
+    for key, val in opt['path'].items():
+        if val is not None and ('resume_state' in key or 'pretrain_network' in key):
+            opt['path'][key] = osp.expanduser(val)
+
+    if is_train:
+        experiments_root = osp.join(root_path, 'experiments', opt['name'])
+        opt['path']['experiments_root'] = experiments_root
+        opt['path']['models'] = osp.join(experiments_root, 'models')
+        opt['path']['training_states'] = osp.join(experiments_root, 'training_states')
+        opt['path']['log'] = experiments_root
+        opt['path']['visualization'] = osp.join(experiments_root, 'visualization')
+        if 'debug' in opt['name']:
+            if 'val' in opt:
+                opt['val']['val_freq'] = 8
+            opt['logger']['print_freq'] = 1
+            opt['logger']['save_checkpoint_freq'] = 8
+    else:
+        results_root = osp.join(root_path, 'results', opt['name'])
+        opt['path']['results_root'] = results_root
+        opt['path']['log'] = results_root
+        opt['path']['visualization'] = osp.join(results_root, 'visualization')
+    opt['opt_path'] = osp.abspath(args.opt)
+    return opt, args
+
+
+def install() -> None:
+    """Route BasicSR's own option parsing (train/test pipelines, `ordered_yaml`) through the safe path."""
+    import basicsr.test as btest
+    import basicsr.train as btrain
+    import basicsr.utils.options as bopt
+
+    def ordered_yaml():
+        try:
+            from yaml import CDumper as Dumper
+        except ImportError:
+            from yaml import Dumper
+        return SafeOrderedLoader, Dumper
+
+    bopt.ordered_yaml = ordered_yaml
+    for mod in (bopt, btrain, btest):
+        mod.parse_options = parse_options
+    if hasattr(bopt, 'yaml_load'):
+        bopt.yaml_load = lambda f: yaml_load_safe(open(f) if osp.isfile(f) else f)
