@@ -17,5 +17,8 @@ from .models import engine as _engine  # noqa: E402
 _engine.install_resumable_sampler()
 
 from . import archs, data, losses, metrics, models  # noqa: E402,F401
+from .data import checks as _dataset_checks  # noqa: E402
+
+_dataset_checks.install()  # dataset options checked at build time
 
 __version__ = '0.1.0'

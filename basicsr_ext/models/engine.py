@@ -33,8 +33,7 @@ from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.metrics import calculate_metric
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 
-from basicsr_ext.utils.checkpoint import (CheckpointError, atomic_save, describe_key_mismatch, extract_state_dict,
-                                          load_checkpoint)
+from basicsr_ext.utils.checkpoint import CheckpointError, atomic_save, load_weights_into  # noqa: F401
 
 ENGINE_TRAIN_KEYS = ('use_amp', 'amp_dtype', 'channels_last', 'compile', 'grad_clip')
 _AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
@@ -206,31 +205,8 @@ class EngineMixin:
         """Weights-only load; ``param_key`` → params_ema → params → raw dict; official layouts translated."""
         logger = get_root_logger()
         net = self.get_bare_model(net)
-        state_dict = extract_state_dict(load_checkpoint(load_path), param_key, load_path)
-        converter = getattr(net, 'convert_official_state_dict', None)
-        if converter is not None:
-            state_dict, layout = converter(state_dict)
-            if layout:
-                logger.info(f'{load_path}: recognised the {layout} layout and translated it.')
         logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
-        own = net.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        wrong_shape = [k for k in state_dict if k in own and state_dict[k].shape != own[k].shape]
-        if strict and (missing or unexpected or wrong_shape):
-            msg = describe_key_mismatch(missing, unexpected, load_path)
-            if wrong_shape:
-                k = wrong_shape[0]
-                msg += (f' {len(wrong_shape)} tensors of the wrong shape (first: {k} '
-                        f'{tuple(state_dict[k].shape)} vs {tuple(own[k].shape)})')
-            raise CheckpointError(msg)
-        if not strict:
-            for k in wrong_shape:
-                logger.warning(f'{load_path}: skip {k}: shape {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}')
-                state_dict.pop(k)
-            if missing or unexpected:
-                logger.warning(describe_key_mismatch(missing, unexpected, load_path))
-        net.load_state_dict(state_dict, strict=strict)
+        load_weights_into(net, load_path, param_key, strict, logger)  # basicsr_ext.utils.checkpoint
 
     def save_network(self, net, net_label: str, current_iter, param_key='params') -> None:
         """BasicSR's layout (``{param_key: state_dict}``), written atomically."""
@@ -320,6 +296,7 @@ class EngineMixin:
         return tensor2img([visuals['result']]), gt
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        from basicsr_ext.metrics.fidelity_metric import metric_needs_lq  # metrics that want the LR (LR-PSNR)
         dataset_name = dataloader.dataset.opt['name']
         metrics_opt = (self.opt.get('val') or {}).get('metrics') or {}
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -340,6 +317,8 @@ class EngineMixin:
             self.feed_data(val_data)
             self.test()
             sr_img, gt_img = self.validation_images()
+            lq_img = tensor2img([self.lq]) if hasattr(self, 'lq') and any(
+                metric_needs_lq(o) for o in metrics_opt.values()) else None  # e.g. LR-PSNR
             self.after_validation_image()
             if save_img:
                 if self.opt['is_train']:
@@ -350,7 +329,10 @@ class EngineMixin:
                 imwrite(sr_img, save_path)
             metric_data = {'img': sr_img} if gt_img is None else {'img': sr_img, 'img2': gt_img}
             for i, (name, opt_) in enumerate(metrics_opt.items()):
-                sums[i] += float(calculate_metric(metric_data, deepcopy(opt_)))
+                data = metric_data
+                if lq_img is not None and metric_needs_lq(opt_):
+                    data = dict(metric_data, img_lq=lq_img)
+                sums[i] += float(calculate_metric(data, deepcopy(opt_)))
             sums[-1] += 1
             if pbar is not None:
                 pbar.update(world)

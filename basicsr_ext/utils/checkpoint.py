@@ -90,3 +90,42 @@ def describe_key_mismatch(missing: list[str], unexpected: list[str], path: str, 
     if unexpected:
         parts.append(f'{len(unexpected)} unexpected keys (first: {", ".join(unexpected[:limit])})')
     return ' '.join(parts)
+
+
+def load_weights_into(net: torch.nn.Module, path: str, param_key: str | None = 'params_ema', strict: bool = True,
+                      logger: Any = None) -> torch.nn.Module:
+    """Load a checkpoint file into ``net`` (the one place for it: models, inference, metrics).
+
+    Weights-only; ``param_key`` → ``params_ema`` → ``params`` → raw dict; ``module.`` stripped; if ``net`` has
+    ``convert_official_state_dict(sd) -> (sd, layout | None)`` it translates a released layout first (one log
+    line). ``strict``: any missing/unexpected/wrong-shape key is a CheckpointError listing them; otherwise
+    mismatches are skipped with a warning through ``logger`` (a ``logging.Logger``; default silent).
+    """
+    info = logger.info if logger is not None else (lambda msg: None)
+    warn = logger.warning if logger is not None else (lambda msg: None)
+    state_dict = extract_state_dict(load_checkpoint(path), param_key, path)
+    converter = getattr(net, 'convert_official_state_dict', None)
+    if converter is not None:
+        state_dict, layout = converter(state_dict)
+        if layout:
+            info(f'{path}: recognised the {layout} layout and translated it.')
+    own = net.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong_shape = [k for k in state_dict if k in own and state_dict[k].shape != own[k].shape]
+    if strict and (missing or unexpected or wrong_shape):
+        msg = describe_key_mismatch(missing, unexpected, path)
+        if wrong_shape:
+            k = wrong_shape[0]
+            msg += (f' {len(wrong_shape)} tensors of the wrong shape (first: {k} '
+                    f'{tuple(state_dict[k].shape)} vs {tuple(own[k].shape)})')
+        raise CheckpointError(msg)
+    if not strict:
+        state_dict = OrderedDict(state_dict)
+        for k in wrong_shape:
+            warn(f'{path}: skip {k}: shape {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}')
+            state_dict.pop(k)
+        if missing or unexpected:
+            warn(describe_key_mismatch(missing, unexpected, path))
+    net.load_state_dict(state_dict, strict=strict)
+    return net

@@ -175,6 +175,8 @@ def parse_options(root_path: str, is_train: bool = True):
         opt['path']['log'] = results_root
         opt['path']['visualization'] = osp.join(results_root, 'visualization')
     opt['opt_path'] = osp.abspath(args.opt)
+    from basicsr_ext.metrics.pyiqa_metric import resolve_metric_better  # lazy: metrics import utils
+    resolve_metric_better(opt)  # val.metrics.<name>.better of type: pyiqa entries from pyiqa's lower_better
     return opt, args
 
 

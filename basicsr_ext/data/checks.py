@@ -1,0 +1,507 @@
+"""Dataset options are checked when the dataset is BUILT, not when iteration N reads a bad file.
+
+BasicSR 1.4.2 builds a dataset from its options without looking at the data: a missing folder, a GT/LQ count
+mismatch, an LMDB whose ``meta_info.txt`` names keys the database lacks, or a pair whose sizes disagree with the
+scale surface later as ``AssertionError``, ``ZeroDivisionError`` or ``'NoneType' object has no attribute 'astype'``
+(BasicSR #243, Real-ESRGAN #703, BasicSR #16). :func:`install` wraps ``basicsr.data.build_dataset`` (and the
+names ``basicsr.train`` / ``basicsr.test`` imported) so that, for the dataset types in :data:`DATASET_CHECKS`
+(``PairedImageDataset``, ``SingleImageDataset``, ``RealESRGANDataset``, ``GTOnlyDataset``), with disk or LMDB
+backends, these fail at build with a :class:`DatasetError` naming the option, file or key:
+
+- a missing folder / LMDB / meta-info file, an empty folder, database or meta-info file;
+- an LMDB whose ``meta_info.txt`` names keys missing from the database, or the reverse; GT/LQ LMDBs with
+  different keys;
+- a meta-info line that escapes the dataset root (absolute path or a ``..`` component);
+- GT/LQ name or count mismatches between folders (with ``filename_tmpl``); files that are not images;
+- GT/LQ sizes that disagree with ``scale`` (LMDB: from ``meta_info.txt``, every entry; folders: from image
+  headers), and, for ``phase: train``, GT images smaller than ``gt_size``.
+
+Dataset-block options (both optional):
+
+- ``check: true|false`` (default true) switches the build-time checks off for that dataset.
+- ``check_max_files: N`` (default 1000; ``null`` = all) caps how many image headers are read (spread evenly
+  over the sorted list). Existence is checked for every file a meta-info lists (one ``stat`` each); LMDB keys
+  and ``meta_info.txt`` sizes are always checked in full (no image is decoded).
+
+Whatever the option, every dataset built through ``build_dataset`` also gets (a) an empty-dataset error at build
+and (b) sample errors that name the file: an exception while loading sample ``i`` (undecodable or missing
+LMDB value, truncated file, size mismatch found by BasicSR's crop) is re-raised as a :class:`DatasetError`
+naming the sample's path(s) and dataset.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import re
+import warnings
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+DEFAULT_CHECK_MAX_FILES = 1000
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.gif')
+_SHAPE_RE = re.compile(r'\(\s*(\d+)\s*,\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)')
+
+
+class DatasetError(ValueError):
+    """A dataset (folder, LMDB, meta-info file, image) that cannot be used; the message names the file or key."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# small readers shared with basicsr_ext.data.prep
+# ----------------------------------------------------------------------------------------------------------
+def image_shape(path: str) -> tuple[int, int, int]:
+    """(height, width, channels) from the image header only (PIL, lazy); DatasetError naming the file.
+
+    The declared size is checked against :func:`basicsr_ext.utils.image_io.get_max_pixels` (same limit as
+    ``read_image``). Channels: 1 for grayscale modes, 4 with alpha, else 3.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from basicsr_ext.utils.image_io import get_max_pixels
+    if not osp.isfile(path):
+        raise DatasetError(f'image file not found: {path}')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with Image.open(path) as im:
+                (w, h), mode = im.size, im.mode
+    except UnidentifiedImageError:
+        raise DatasetError(f'{path}: not an image (unknown or corrupt header)') from None
+    except Image.DecompressionBombError:
+        w, h, mode = 1 << 20, 1 << 20, 'RGB'  # the limit check below names it
+    except Exception as e:  # noqa: BLE001 - a malformed header can raise many types in PIL's plugins
+        raise DatasetError(f'{path}: unreadable image header ({type(e).__name__}: {str(e)[:200]})') from None
+    if w <= 0 or h <= 0:
+        raise DatasetError(f'{path}: invalid declared image size {w}x{h}')
+    if w * h > get_max_pixels():
+        raise DatasetError(f'{path}: declared size {w}x{h} exceeds the pixel limit {get_max_pixels()}')
+    channels = 1 if mode in ('1', 'L', 'I', 'I;16', 'I;16B', 'I;16L', 'F') else 4 if mode in ('RGBA', 'LA', 'PA') \
+        else 3
+    return h, w, channels
+
+
+def check_relative_name(name: str, where: str) -> None:
+    """A meta-info entry must stay inside its dataset root: no absolute path, no ``..`` component."""
+    parts = re.split(r'[\\/]+', name)
+    if osp.isabs(name) or name.startswith(('/', '\\')) or re.match(r'^[A-Za-z]:', name) or '..' in parts:
+        raise DatasetError(f'{where}: {name!r} escapes the dataset root (absolute path or ".." component); '
+                           'meta-info entries must be paths relative to the dataroot')
+
+
+def read_meta_info(path: str, what: str = 'meta-info file') -> list[tuple[int, str, tuple[int, int, int] | None]]:
+    """Lines of a BasicSR meta-info file as ``(line_no, first_token, (h, w, c) | None)``.
+
+    Errors (DatasetError naming file and line): missing file, not UTF-8, blank line in the middle, no entries.
+    """
+    if not isinstance(path, str) or not path:
+        raise DatasetError(f'{what}: expected a file path, got {path!r}')
+    if not osp.isfile(path):
+        raise DatasetError(f'{what} not found: {path}')
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().split('\n')
+    except UnicodeDecodeError as e:
+        raise DatasetError(f'{path}: not a UTF-8 text file ({e.reason} at byte {e.start})') from None
+    except OSError as e:
+        raise DatasetError(f'{path}: cannot read ({e.strerror or e})') from None
+    if lines and lines[-1] == '':
+        lines.pop()
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            raise DatasetError(f'{path}, line {i}: empty line (BasicSR would read it as an image named "")')
+        token = line.strip().split(' ')[0]
+        m = _SHAPE_RE.search(line[len(line) - len(line.lstrip()) + len(token):])
+        shape = None
+        if m:
+            shape = (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+        out.append((i, token, shape))
+    if not out:
+        raise DatasetError(f'{path}: lists no images (empty file)')
+    return out
+
+
+def lmdb_meta_keys(lmdb_path: str) -> dict[str, tuple[int, int, int] | None]:
+    """Keys of an LMDB as BasicSR derives them from ``meta_info.txt`` (``line.split('.')[0]``) -> (h, w, c)."""
+    meta = osp.join(lmdb_path, 'meta_info.txt')
+    entries = read_meta_info(meta, what='LMDB meta_info.txt')
+    with open(meta, encoding='utf-8') as f:
+        raw = f.read().split('\n')
+    keys: dict[str, tuple[int, int, int] | None] = {}
+    for line_no, _, shape in entries:
+        key = (raw[line_no - 1] + '\n').split('.')[0]  # exactly what BasicSR's paths_from_lmdb does
+        if key.endswith('\n') or not key.strip():
+            raise DatasetError(f'{meta}, line {line_no}: expected "<key>.png (h,w,c) <level>", got '
+                               f'{raw[line_no - 1][:80]!r} (BasicSR takes the key before the first ".")')
+        if key in keys:
+            raise DatasetError(f'{meta}, line {line_no}: key {key!r} is listed twice')
+        keys[key] = shape
+    return keys
+
+
+def lmdb_db_keys(lmdb_path: str) -> set[str]:
+    """All keys stored in an LMDB (read-only, no lock; values are not read)."""
+    import lmdb
+    try:
+        env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False, subdir=True, max_readers=4)
+    except lmdb.Error as e:
+        raise DatasetError(f'{lmdb_path}: cannot open the LMDB ({type(e).__name__}: {str(e)[:200]})') from None
+    try:
+        with env.begin(write=False) as txn:
+            return {k.decode('ascii', 'backslashreplace') for k in txn.cursor().iternext(keys=True, values=False)}
+    except lmdb.Error as e:
+        raise DatasetError(f'{lmdb_path}: cannot read the LMDB keys ({type(e).__name__}: {str(e)[:200]})') from None
+    finally:
+        env.close()
+
+
+def _first(items: Iterable[str], n: int = 5) -> str:
+    items = sorted(items)
+    more = f' (+{len(items) - n} more)' if len(items) > n else ''
+    return ', '.join(repr(k) for k in items[:n]) + more
+
+
+def spread(items: Sequence[Any], limit: int | None) -> list[Any]:
+    """At most ``limit`` items, evenly spread over ``items`` (all when ``limit`` is None or large enough)."""
+    if limit is None or len(items) <= limit:
+        return list(items)
+    if limit <= 0:
+        return []
+    step = (len(items) - 1) / max(1, limit - 1)
+    return [items[round(i * step)] for i in range(limit)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the checks
+# ----------------------------------------------------------------------------------------------------------
+class _Ctx:
+    """What a check needs from one dataset block."""
+
+    def __init__(self, opt: Mapping[str, Any]) -> None:
+        self.opt = opt
+        self.label = f"dataset {opt.get('name', '?')!r} ({opt.get('type')})"
+        backend = opt.get('io_backend') or {}
+        self.backend = backend.get('type', 'disk') if isinstance(backend, Mapping) else 'disk'
+        limit = opt.get('check_max_files', DEFAULT_CHECK_MAX_FILES)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise DatasetError(f'{self.label}: check_max_files must be a non-negative integer or null, got {limit!r}')
+        self.limit = limit
+        self.phase = opt.get('phase', 'train')
+        scale = opt.get('scale')
+        self.scale = int(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0 \
+            else None
+
+    def err(self, msg: str) -> DatasetError:
+        return DatasetError(f'{self.label}: {msg}')
+
+    def path_option(self, key: str) -> str:
+        value = self.opt.get(key)
+        if value is None or value == '':
+            raise self.err(f'option {key} is missing')
+        if not isinstance(value, str):
+            raise self.err(f'option {key} must be a path, got {type(value).__name__} {value!r}')
+        return value
+
+    def folder(self, key: str) -> str:
+        path = self.path_option(key)
+        if not osp.exists(path):
+            raise self.err(f'{key} {path!r} does not exist (relative paths are resolved from {os.getcwd()})')
+        if not osp.isdir(path):
+            raise self.err(f'{key} {path!r} is not a folder')
+        return path
+
+    def lmdb(self, key: str) -> tuple[str, dict[str, tuple[int, int, int] | None]]:
+        """Check one LMDB (meta_info.txt keys == database keys); return (path, key -> shape)."""
+        path = self.folder(key)
+        if not path.endswith('.lmdb'):
+            raise self.err(f"{key} {path!r} must end with '.lmdb' for io_backend lmdb")
+        try:
+            meta = lmdb_meta_keys(path)
+        except DatasetError as e:
+            raise self.err(str(e)) from None
+        db = lmdb_db_keys(path)
+        if not db:
+            raise self.err(f'LMDB {path} holds no images')
+        missing = set(meta) - db
+        if missing:
+            raise self.err(f'{path}/meta_info.txt names {len(missing)} key(s) missing from the database: '
+                           f'{_first(missing)}')
+        extra = db - set(meta)
+        if extra:
+            raise self.err(f'{path} holds {len(extra)} key(s) not listed in its meta_info.txt: {_first(extra)}')
+        return path, meta
+
+    def meta_file(self, key: str, root: str, must_exist: bool = True) -> list[tuple[str, tuple[int, int, int] | None]]:
+        """A meta-info file of relative paths under ``root``: escape and existence checks; [(path, shape)]."""
+        if key in self.opt and self.opt[key] is None:
+            raise self.err(f'option {key} is null: give a file or remove the key')
+        path = self.path_option(key)
+        try:
+            entries = read_meta_info(path, what=f'{key}')
+        except DatasetError as e:
+            raise self.err(str(e)) from None
+        out = []
+        for line_no, name, shape in entries:
+            check_relative_name(name, f'{self.label}: {path}, line {line_no}')
+            full = osp.join(root, name)
+            if must_exist and not osp.isfile(full):
+                raise self.err(f'{path}, line {line_no}: {full} does not exist')
+            out.append((full, shape))
+        return out
+
+    def sizes(self, files: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        return {f: self._shape(f) for f in spread(files, self.limit)}
+
+    def _shape(self, f: str) -> tuple[int, int, int]:
+        try:
+            return image_shape(f)
+        except DatasetError as e:
+            raise self.err(str(e)) from None
+
+    def pair_sizes(self, gt_name: str, gt: tuple[int, int, int], lq_name: str, lq: tuple[int, int, int]) -> None:
+        """GT size must be LQ size x scale (train: exactly; val/test: GT may exceed by < scale, BasicSR crops)."""
+        s = self.scale
+        if s is None:
+            return
+        for gt_side, lq_side in ((gt[0], lq[0]), (gt[1], lq[1])):
+            ok = gt_side == lq_side * s if self.phase == 'train' else lq_side * s <= gt_side < (lq_side + 1) * s
+            if not ok:
+                raise self.err(f'size mismatch for scale {s}: GT {gt_name} is {gt[0]}x{gt[1]} (HxW) but LQ {lq_name} '
+                               f'is {lq[0]}x{lq[1]}; expected GT = LQ x {s}')
+
+    def gt_size(self, name: str, shape: tuple[int, int, int]) -> None:
+        gt_size = self.opt.get('gt_size')
+        if self.phase == 'train' and isinstance(gt_size, int) and min(shape[:2]) < gt_size:
+            raise self.err(f'GT {name} is {shape[0]}x{shape[1]}, smaller than gt_size {gt_size}')
+
+
+def _folder_images(ctx: _Ctx, key: str, recursive: bool = False) -> list[str]:
+    """Image names (relative) in a folder as BasicSR's scandir sees them; non-image files and emptiness fail."""
+    from basicsr.utils import scandir
+    folder = ctx.folder(key)
+    names = sorted(scandir(folder, recursive=recursive))
+    if recursive:
+        names = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    else:
+        bad = [n for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)]
+        if bad:
+            raise ctx.err(f'{key} {folder} contains non-image files, which BasicSR would try to decode: {_first(bad)}')
+    if not names:
+        raise ctx.err(f'{key} {folder} contains no images')
+    return names
+
+
+DatasetCheck = Callable[[_Ctx], None]
+DATASET_CHECKS: dict[str, DatasetCheck] = {}
+
+
+def register_dataset_check(*names: str) -> Callable[[DatasetCheck], DatasetCheck]:
+    """Register a build-time check for dataset ``type`` names."""
+
+    def deco(fn: DatasetCheck) -> DatasetCheck:
+        for name in names:
+            DATASET_CHECKS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_dataset_check('PairedImageDataset')
+def check_paired(ctx: _Ctx) -> None:
+    tmpl = ctx.opt.get('filename_tmpl', '{}')
+    if ctx.backend == 'lmdb':
+        gt_path, gt = ctx.lmdb('dataroot_gt')
+        lq_path, lq = ctx.lmdb('dataroot_lq')
+        only_gt, only_lq = set(gt) - set(lq), set(lq) - set(gt)
+        if only_gt or only_lq:
+            raise ctx.err(f'GT LMDB {gt_path} and LQ LMDB {lq_path} hold different keys: only in GT: '
+                          f'{_first(only_gt) or "-"}; only in LQ: {_first(only_lq) or "-"}')
+        for key in sorted(gt):
+            if gt[key] is not None and lq[key] is not None:
+                ctx.pair_sizes(f'{key} ({gt_path})', gt[key], f'{key} ({lq_path})', lq[key])
+            if gt[key] is not None:
+                ctx.gt_size(f'{key} ({gt_path})', gt[key])
+        return
+    gt_root, lq_root = ctx.folder('dataroot_gt'), ctx.folder('dataroot_lq')
+    if ctx.opt.get('meta_info_file') is not None:
+        pairs = []
+        for gt_file, _ in ctx.meta_file('meta_info_file', gt_root):
+            base, ext = osp.splitext(osp.basename(gt_file))
+            lq_file = osp.join(lq_root, f'{tmpl.format(base)}{ext}')
+            if not osp.isfile(lq_file):
+                raise ctx.err(f'no LQ image for GT {gt_file}: {lq_file} does not exist')
+            pairs.append((gt_file, lq_file))
+    else:
+        gt_names, lq_names = _folder_images(ctx, 'dataroot_gt'), _folder_images(ctx, 'dataroot_lq')
+        expected = {}
+        for name in gt_names:
+            base, ext = osp.splitext(name)
+            expected[name] = f'{tmpl.format(base)}{ext}'
+        lq_set = set(lq_names)
+        no_lq = [g for g, q in expected.items() if q not in lq_set]
+        no_gt = lq_set - set(expected.values())
+        if no_lq or no_gt or len(gt_names) != len(lq_names):
+            raise ctx.err(f'GT folder {gt_root} ({len(gt_names)} images) and LQ folder {lq_root} ({len(lq_names)} '
+                          f'images) do not pair up with filename_tmpl {tmpl!r}: GT without LQ: {_first(no_lq) or "-"}; '
+                          f'LQ without GT: {_first(no_gt) or "-"}')
+        pairs = [(osp.join(gt_root, g), osp.join(lq_root, q)) for g, q in expected.items()]
+    for gt_file, lq_file in spread(pairs, ctx.limit):
+        gt_shape, lq_shape = ctx._shape(gt_file), ctx._shape(lq_file)
+        ctx.pair_sizes(gt_file, gt_shape, lq_file, lq_shape)
+        ctx.gt_size(gt_file, gt_shape)
+
+
+@register_dataset_check('SingleImageDataset')
+def check_single(ctx: _Ctx) -> None:
+    if ctx.backend == 'lmdb':
+        ctx.lmdb('dataroot_lq')
+        return
+    root = ctx.folder('dataroot_lq')
+    if 'meta_info_file' in ctx.opt:  # BasicSR tests the key's presence, not its value
+        files = [f for f, _ in ctx.meta_file('meta_info_file', root)]
+    else:
+        files = [osp.join(root, n) for n in _folder_images(ctx, 'dataroot_lq')]
+    ctx.sizes(files)
+
+
+@register_dataset_check('RealESRGANDataset')
+def check_realesrgan(ctx: _Ctx) -> None:
+    if ctx.backend == 'lmdb':
+        ctx.lmdb('dataroot_gt')
+        return
+    root = ctx.folder('dataroot_gt')
+    if ctx.opt.get('meta_info') is None:
+        raise ctx.err("option meta_info is missing: RealESRGANDataset reads its GT list from 'meta_info' "
+                      "(note: not 'meta_info_file')")
+    ctx.sizes([f for f, _ in ctx.meta_file('meta_info', root)])
+
+
+@register_dataset_check('GTOnlyDataset')
+def check_gt_only(ctx: _Ctx) -> None:
+    if ctx.backend == 'lmdb':
+        ctx.lmdb('dataroot_gt')
+        return
+    root = ctx.folder('dataroot_gt')
+    if ctx.opt.get('meta_info_file'):
+        files = [f for f, _ in ctx.meta_file('meta_info_file', root)]
+    else:
+        files = [osp.join(root, n) for n in _folder_images(ctx, 'dataroot_gt', recursive=True)]
+    ctx.sizes(files)
+
+
+def check_dataset_options(opt: Mapping[str, Any]) -> None:
+    """Run the build-time check registered for ``opt['type']`` (nothing for other types, or with check: false)."""
+    if not isinstance(opt, Mapping):
+        raise DatasetError(f'a dataset block must be a mapping of options, got {type(opt).__name__}')
+    check = opt.get('check', True)
+    if check is False or check is None:
+        return
+    if check is not True:
+        raise DatasetError(f"dataset {opt.get('name', '?')!r}: option check must be true or false, got {check!r}")
+    fn = DATASET_CHECKS.get(str(opt.get('type')))
+    if fn is not None:
+        fn(_Ctx(opt))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sample errors that name the file
+# ----------------------------------------------------------------------------------------------------------
+def _describe_sample(dataset: Any, index: int) -> str:
+    paths = getattr(dataset, 'paths', None)
+    try:
+        entry = paths[index]
+    except Exception:  # noqa: BLE001 - only for the message
+        return f'index {index}'
+    if isinstance(entry, Mapping):
+        return ', '.join(f'{k[:-5] if k.endswith("_path") else k} {v}' for k, v in entry.items())
+    return str(entry)
+
+
+class _NamedSampleErrors:
+    """Mixin: an exception while loading a sample becomes a DatasetError naming the sample and the dataset."""
+
+    _checked_base: type
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except DatasetError:
+            raise
+        except Exception as e:
+            if isinstance(e, IndexError) and isinstance(index, int) and not 0 <= index < len(self):
+                raise
+            opt = getattr(self, 'opt', {}) or {}
+            label = f"dataset {opt.get('name', '?')!r} ({opt.get('type', type(self).__name__)})"
+            hint = ''
+            if isinstance(e, (AttributeError, TypeError)) and 'NoneType' in str(e):
+                hint = ' (the image bytes could not be read or decoded: missing LMDB key, truncated or corrupt file)'
+            raise DatasetError(f'{label}: cannot load sample {index} ({_describe_sample(self, index)}): '
+                               f'{type(e).__name__}: {str(e)[:300]}{hint}') from e
+
+    def __reduce__(self):
+        return _restore_checked, (self._checked_base, self.__dict__)
+
+
+_CHECKED_CLASSES: dict[type, type] = {}
+
+
+def _checked_class(cls: type) -> type:
+    if cls not in _CHECKED_CLASSES:
+        _CHECKED_CLASSES[cls] = type(cls.__name__, (_NamedSampleErrors, cls), {
+            '__module__': cls.__module__, '__qualname__': cls.__qualname__, '_checked_base': cls})
+    return _CHECKED_CLASSES[cls]
+
+
+def _restore_checked(base: type, state: dict) -> Any:
+    obj = base.__new__(base)
+    obj.__dict__.update(state)
+    obj.__class__ = _checked_class(base)
+    return obj
+
+
+def name_sample_errors(dataset: Any) -> Any:
+    """Give ``dataset`` (in place) sample errors that name the file; isinstance checks keep working."""
+    cls = type(dataset)
+    if isinstance(dataset, _NamedSampleErrors) or not hasattr(cls, '__getitem__'):
+        return dataset
+    try:
+        dataset.__class__ = _checked_class(cls)
+    except TypeError:  # a class with __slots__ or a C layout: leave it as it is
+        pass
+    return dataset
+
+
+def checked_build_dataset(dataset_opt: Mapping[str, Any], _build: Callable | None = None) -> Any:
+    """``basicsr.data.build_dataset`` with the build-time checks, an empty-dataset error and named sample errors."""
+    check_dataset_options(dataset_opt)
+    build = _build or _ORIGINAL['build_dataset']
+    dataset = build(dataset_opt)
+    try:
+        n = len(dataset)
+    except TypeError:
+        n = None
+    if n == 0:
+        raise DatasetError(f"dataset {dataset_opt.get('name', '?')!r} ({dataset_opt.get('type')}) is empty: "
+                           'check dataroot_* and meta_info paths (relative paths are resolved from '
+                           f'{os.getcwd()})')
+    return name_sample_errors(dataset)
+
+
+_ORIGINAL: dict[str, Callable] = {}
+
+
+def install() -> None:
+    """Replace ``build_dataset`` in ``basicsr.data``, ``basicsr.train`` and ``basicsr.test`` (idempotent)."""
+    import basicsr.data as bdata
+    import basicsr.test as btest
+    import basicsr.train as btrain
+    if getattr(bdata.build_dataset, '_basicsr_ext_checked', False):
+        return
+    _ORIGINAL['build_dataset'] = bdata.build_dataset
+
+    def build_dataset(dataset_opt):
+        return checked_build_dataset(dataset_opt)
+
+    build_dataset._basicsr_ext_checked = True
+    build_dataset.__doc__ = checked_build_dataset.__doc__
+    for mod in (bdata, btrain, btest):
+        mod.build_dataset = build_dataset

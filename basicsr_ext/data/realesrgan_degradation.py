@@ -1,0 +1,170 @@
+"""Real-ESRGAN's second-order degradation, assembled from BasicSR's own pieces, device-agnostic.
+
+BasicSR's ``RealESRGANModel.feed_data`` cannot be reused as is: its constructor and queue call ``.cuda()``
+(no CPU training) and it always applies the second degradation, while TVQ&RAP applies the second stage with
+probability 0.5 (paper notes §4, "Degradation"). So the same steps, in the same order, are called here from
+BasicSR's functions (``filter2D``, ``random_add_gaussian_noise_pt``, ``random_add_poisson_noise_pt``,
+``DiffJPEG``, ``USMSharp``; kernels from ``random_mixed_kernels`` / ``circular_lowpass_kernel`` with
+``RealESRGANDataset``'s sampling rules) with one extra option, ``second_degradation_prob``:
+
+- with probability ``second_degradation_prob`` the second blur / resize / noise are applied (as in BasicSR);
+  otherwise they are skipped and the image goes straight to the final step;
+- the final step is always applied: [resize to GT/scale + final sinc] and JPEG, in random order (BasicSR).
+
+Option keys are BasicSR's Real-ESRGAN keys (``resize_prob``, ``resize_range``, ``gaussian_noise_prob``,
+``noise_range``, ``poisson_scale_range``, ``gray_noise_prob``, ``jpeg_range``, ``second_blur_prob``,
+``resize_prob2``, ... ``jpeg_range2``) read from the option root, plus ``second_degradation_prob`` (default 1.0
+= BasicSR's behaviour).
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from basicsr.data.degradations import (circular_lowpass_kernel, random_add_gaussian_noise_pt,
+                                       random_add_poisson_noise_pt, random_mixed_kernels)
+from basicsr.utils import DiffJPEG, USMSharp
+from basicsr.utils.img_process_util import filter2D
+
+DEGRADATION_KEYS = ('resize_prob', 'resize_range', 'gaussian_noise_prob', 'noise_range', 'poisson_scale_range',
+                    'gray_noise_prob', 'jpeg_range', 'second_blur_prob', 'resize_prob2', 'resize_range2',
+                    'gaussian_noise_prob2', 'noise_range2', 'poisson_scale_range2', 'gray_noise_prob2',
+                    'jpeg_range2')
+KERNEL_KEYS = ('blur_kernel_size', 'kernel_list', 'kernel_prob', 'blur_sigma', 'betag_range', 'betap_range',
+               'sinc_prob', 'blur_kernel_size2', 'kernel_list2', 'kernel_prob2', 'blur_sigma2', 'betag_range2',
+               'betap_range2', 'sinc_prob2', 'final_sinc_prob')
+_KERNEL_SIZES = [2 * v + 1 for v in range(3, 11)]  # 7 .. 21, as in RealESRGANDataset
+
+
+def _one_kernel(kernel_list, kernel_prob, sigma, betag, betap, sinc_prob) -> np.ndarray:
+    size = random.choice(_KERNEL_SIZES)
+    if np.random.uniform() < sinc_prob:
+        omega_c = np.random.uniform(np.pi / 3, np.pi) if size < 13 else np.random.uniform(np.pi / 5, np.pi)
+        kernel = circular_lowpass_kernel(omega_c, size, pad_to=False)
+    else:
+        kernel = random_mixed_kernels(kernel_list, kernel_prob, size, sigma, sigma, [-math.pi, math.pi], betag,
+                                      betap, noise_range=None)
+    pad = (21 - size) // 2
+    return np.pad(kernel, ((pad, pad), (pad, pad)))
+
+
+def sample_realesrgan_kernels(opt: Mapping) -> dict[str, torch.Tensor]:
+    """kernel1, kernel2 and sinc_kernel (21x21 each) with RealESRGANDataset's distributions and option keys."""
+    k1 = _one_kernel(opt['kernel_list'], opt['kernel_prob'], opt['blur_sigma'], opt['betag_range'],
+                     opt['betap_range'], opt['sinc_prob'])
+    k2 = _one_kernel(opt['kernel_list2'], opt['kernel_prob2'], opt['blur_sigma2'], opt['betag_range2'],
+                     opt['betap_range2'], opt['sinc_prob2'])
+    if np.random.uniform() < opt['final_sinc_prob']:
+        size = random.choice(_KERNEL_SIZES)
+        sinc = torch.FloatTensor(circular_lowpass_kernel(np.random.uniform(np.pi / 3, np.pi), size, pad_to=21))
+    else:
+        sinc = torch.zeros(21, 21)
+        sinc[10, 10] = 1
+    return {'kernel1': torch.FloatTensor(k1), 'kernel2': torch.FloatTensor(k2), 'sinc_kernel': sinc}
+
+
+def _random_resize(x: torch.Tensor, prob, scale_range, size: tuple[int, int] | None = None,
+                   base: tuple[int, int] | None = None) -> torch.Tensor:
+    kind = random.choices(['up', 'down', 'keep'], prob)[0]
+    if kind == 'up':
+        s = np.random.uniform(1, scale_range[1])
+    elif kind == 'down':
+        s = np.random.uniform(scale_range[0], 1)
+    else:
+        s = 1
+    mode = random.choice(['area', 'bilinear', 'bicubic'])
+    if base is None:
+        return F.interpolate(x, scale_factor=s, mode=mode)
+    return F.interpolate(x, size=(int(base[0] * s), int(base[1] * s)), mode=mode)
+
+
+def _random_noise(x: torch.Tensor, gaussian_prob, sigma_range, poisson_range, gray_prob) -> torch.Tensor:
+    if np.random.uniform() < gaussian_prob:
+        return random_add_gaussian_noise_pt(x, sigma_range=sigma_range, clip=True, rounds=False, gray_prob=gray_prob)
+    return random_add_poisson_noise_pt(x, scale_range=poisson_range, gray_prob=gray_prob, clip=True, rounds=False)
+
+
+class RealESRGANDegradation(torch.nn.Module):
+    """``(gt [0,1], kernel1, kernel2, sinc_kernel) -> lq`` on any device; the LR is made from the USM-sharpened
+    GT (``usm: true``, Real-ESRGAN / TVQ&RAP), the caller keeps the un-sharpened GT for its losses."""
+
+    def __init__(self, opt: Mapping, scale: int) -> None:
+        super().__init__()
+        missing = [k for k in DEGRADATION_KEYS if k not in opt]
+        if missing:
+            raise KeyError(f'Real-ESRGAN degradation options missing at the option root: {", ".join(missing)}')
+        self.opt = {k: opt[k] for k in DEGRADATION_KEYS}
+        self.second_prob = float(opt.get('second_degradation_prob', 1.0))
+        self.scale = int(scale)
+        self.jpeger = DiffJPEG(differentiable=False)
+        self.usm_sharpener = USMSharp()
+
+    @torch.no_grad()
+    def forward(self, gt: torch.Tensor, kernel1: torch.Tensor, kernel2: torch.Tensor, sinc_kernel: torch.Tensor,
+                usm: bool = True) -> torch.Tensor:
+        o = self.opt
+        h, w = gt.shape[2:4]
+        out = filter2D(self.usm_sharpener(gt) if usm else gt, kernel1)
+        # first degradation: blur, resize, noise, JPEG
+        out = _random_resize(out, o['resize_prob'], o['resize_range'])
+        out = _random_noise(out, o['gaussian_noise_prob'], o['noise_range'], o['poisson_scale_range'],
+                            o['gray_noise_prob'])
+        out = self.jpeger(out.clamp(0, 1), quality=out.new_zeros(out.size(0)).uniform_(*o['jpeg_range']))
+        # second degradation (TVQ&RAP: with probability second_degradation_prob)
+        if np.random.uniform() < self.second_prob:
+            if np.random.uniform() < o['second_blur_prob']:
+                out = filter2D(out, kernel2)
+            out = _random_resize(out, o['resize_prob2'], o['resize_range2'], base=(h / self.scale, w / self.scale))
+            out = _random_noise(out, o['gaussian_noise_prob2'], o['noise_range2'], o['poisson_scale_range2'],
+                                o['gray_noise_prob2'])
+        # final: [resize back + sinc] and JPEG, in random order (BasicSR)
+        size = (h // self.scale, w // self.scale)
+        jpeg_q = out.new_zeros(out.size(0)).uniform_(*o['jpeg_range2'])
+        if np.random.uniform() < 0.5:
+            out = filter2D(F.interpolate(out, size=size, mode=random.choice(['area', 'bilinear', 'bicubic'])),
+                           sinc_kernel)
+            out = self.jpeger(out.clamp(0, 1), quality=jpeg_q)
+        else:
+            out = self.jpeger(out.clamp(0, 1), quality=jpeg_q)
+            out = filter2D(F.interpolate(out, size=size, mode=random.choice(['area', 'bilinear', 'bicubic'])),
+                           sinc_kernel)
+        return (out * 255.0).round().clamp(0, 255) / 255.0
+
+
+class TrainingPairQueue:
+    """Real-ESRGAN's training-pair pool (BasicSR ``_dequeue_and_enqueue``), on the tensors' device.
+
+    Until the pool is full, batches pass through and are stored; then each batch is swapped for a random
+    batch drawn from the shuffled pool. Not saved in training states: after a resume it refills.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+        self.lq: torch.Tensor | None = None
+        self.gt: torch.Tensor | None = None
+        self.ptr = 0
+
+    @torch.no_grad()
+    def __call__(self, lq: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.size <= 0:
+            return lq, gt
+        b = lq.size(0)
+        if self.lq is None or self.lq.shape[1:] != lq.shape[1:] or self.gt.shape[1:] != gt.shape[1:]:
+            if self.size % b != 0:
+                raise ValueError(f'queue_size {self.size} must be divisible by the batch size {b}')
+            self.lq = lq.new_zeros((self.size, *lq.shape[1:]))
+            self.gt = gt.new_zeros((self.size, *gt.shape[1:]))
+            self.ptr = 0
+        if self.ptr == self.size:
+            idx = torch.randperm(self.size, device=self.lq.device)
+            self.lq, self.gt = self.lq[idx], self.gt[idx]
+            lq_out, gt_out = self.lq[:b].clone(), self.gt[:b].clone()
+            self.lq[:b], self.gt[:b] = lq, gt
+            return lq_out, gt_out
+        self.lq[self.ptr:self.ptr + b], self.gt[self.ptr:self.ptr + b] = lq, gt
+        self.ptr += b
+        return lq, gt

@@ -1,0 +1,116 @@
+"""The AESOP loss (aesop.md §1): L_AESOP = loss_weight * mean |AE(I_SR) - AE(I_HR)| with a frozen, pretrained AE.
+
+"AE space" is the image *after* the decoder. The AE is frozen (``requires_grad=False``, ``eval()``), but the
+gradient passes through it to the SR image: AE(SR) runs with autograd, only AE(HR) runs under ``no_grad``.
+No clamping or normalisation: RGB in [0, 1] goes in as it is (official behaviour). The AE always runs in fp32,
+also inside an autocast region of the caller.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from basicsr.archs import build_network
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import LOSS_REGISTRY
+from torch import nn
+from torch.nn import functional as F
+
+from basicsr_ext.utils.checkpoint import CheckpointError, describe_key_mismatch, extract_state_dict, load_checkpoint
+
+_CRITERIA = {'l1': F.l1_loss, 'l2': F.mse_loss, 'mse': F.mse_loss}
+#: the AE block of every official config (``train.aesop_opt.autoencoder_arch``)
+DEFAULT_AUTOENCODER_ARCH = {'type': 'AESOPAutoEncoder', 'enc_opt': {'placeholder': 0},
+                            'dec_opt': {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64,
+                                        'num_block': 23, 'num_grow_ch': 32}}
+#: official arch names that mean our class
+_ARCH_ALIASES = {'AutoEncoder_RRDBNet': 'AESOPAutoEncoder'}
+
+
+def load_frozen_autoencoder(autoencoder_arch: Mapping[str, Any] | None,
+                            autoencoder_load: Mapping[str, Any] | None) -> nn.Module:
+    """Build the AE from its option dict, load ``{path, key}`` strictly, freeze it (no grad, eval).
+
+    Raises CheckpointError naming the path and key when the file is missing, lacks the key, or does not fit.
+    """
+    arch = dict(autoencoder_arch or DEFAULT_AUTOENCODER_ARCH)
+    arch['type'] = _ARCH_ALIASES.get(arch.get('type', 'AESOPAutoEncoder'), arch.get('type', 'AESOPAutoEncoder'))
+    net = build_network(arch)
+    if not autoencoder_load or not autoencoder_load.get('path'):
+        raise CheckpointError('AESOPLoss: autoencoder_load.path is required (the pretrained AE checkpoint, e.g. '
+                              'AE_RRDBdecoder_100K.pth with key params_ema); a random AE gives a meaningless loss')
+    path, key = str(autoencoder_load['path']), autoencoder_load.get('key', 'params_ema')
+    ckpt = load_checkpoint(path)
+    if key is not None and isinstance(ckpt, Mapping) and key not in ckpt and any(
+            isinstance(v, Mapping) for v in ckpt.values()):
+        raise CheckpointError(f'AESOPLoss: {path} has no key {key!r} (autoencoder_load.key); '
+                              f'top-level keys: {list(ckpt)[:8]}')
+    sd = extract_state_dict(ckpt, key, path)
+    converter = getattr(net, 'convert_official_state_dict', None)
+    if converter is not None:
+        sd, _ = converter(sd)
+    own = net.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        msg = describe_key_mismatch(missing, unexpected, f'{path} (key {key!r})')
+        if wrong:
+            msg += (f' {len(wrong)} tensors of the wrong shape (first: {wrong[0]} {tuple(sd[wrong[0]].shape)} '
+                    f'vs {tuple(own[wrong[0]].shape)}); check autoencoder_arch against the checkpoint')
+        raise CheckpointError('AESOPLoss: ' + msg)
+    net.load_state_dict(sd, strict=True)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    get_root_logger().info(f'AESOPLoss: loaded the frozen auto-encoder from {path} (key {key!r}).')
+    return net.eval()
+
+
+@LOSS_REGISTRY.register()
+class AESOPLoss(nn.Module):
+    """Auto-encoded supervision (official ``AutoEncoderLoss``; option names kept).
+
+    Args:
+        autoencoder_arch: network options of the AE (``type`` + kwargs); default the official AE block.
+            The official arch name ``AutoEncoder_RRDBNet`` is accepted as an alias of ``AESOPAutoEncoder``.
+        autoencoder_load: ``{path, key}`` of the pretrained AE (``key`` default ``params_ema``).
+        loss_weight: weight of the loss (1.0 in every AESOP config).
+        criterion: ``l1`` (default, official) or ``l2``/``mse``.
+        reduction: ``mean`` (official: over N*C*H*W) or ``sum``.
+    """
+
+    def __init__(self, autoencoder_arch: Mapping[str, Any] | None = None,
+                 autoencoder_load: Mapping[str, Any] | None = None, loss_weight: float = 1.0,
+                 criterion: str = 'l1', reduction: str = 'mean', as_loss_map: bool = False) -> None:
+        super().__init__()
+        if criterion not in _CRITERIA:
+            raise ValueError(f'AESOPLoss: criterion must be one of {sorted(_CRITERIA)}, got {criterion!r}')
+        if reduction not in ('mean', 'sum'):
+            raise ValueError(f"AESOPLoss: reduction must be 'mean' or 'sum', got {reduction!r}")
+        if as_loss_map:
+            raise ValueError('AESOPLoss: as_loss_map (official ablation) is not supported: the official code '
+                             'multiplies by an undefined weight and crashes')
+        self.loss_weight = float(loss_weight)
+        self.criterion = criterion
+        self.reduction = reduction
+        self.autoencoder = load_frozen_autoencoder(autoencoder_arch, autoencoder_load)
+
+    def train(self, mode: bool = True) -> 'AESOPLoss':
+        """The AE stays in eval mode whatever the owner does (frozen loss network)."""
+        super().train(mode)
+        self.autoencoder.eval()
+        return self
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        """``loss_weight * criterion(AE(sr), AE(hr))``; gradients reach ``sr``, never the AE or ``hr``.
+
+        AE(HR) runs without a graph (no_grad); AE(SR) with autograd. Both in fp32 (autocast disabled here).
+        Two passes rather than one batched pass: the batched pass would backpropagate through the HR half too
+        (scripts/bench_aesop.py measures the step).
+        """
+        with torch.autocast(sr.device.type, enabled=False):
+            with torch.no_grad():
+                target = self.autoencoder(hr.detach().float())
+            pred = self.autoencoder(sr.float())
+            loss = _CRITERIA[self.criterion](pred, target, reduction=self.reduction)
+        return self.loss_weight * loss

@@ -1,0 +1,138 @@
+"""Padding to an architecture's multiple and tiled inference with blended overlaps: the one place for both.
+
+Used by validation (e.g. SwinIR's window padding, TVQ&RAP's multiple of 32/64, tvqrap.md §5), by
+``basicsr_ext.infer`` and by the benchmarks.
+
+- :func:`pad_to_multiple` pads the bottom/right edge (reflect; replicate where the image is too small to
+  reflect) and returns the original size; :func:`crop_to` cuts the upscaled result back to ``scale x`` size.
+- :func:`tiled_forward` runs ``fn`` on overlapping tiles (each padded to the multiple) and blends them with
+  raised-cosine weights over the overlaps, so seams are invisible. Choice (the official TVQ&RAP code averages
+  overlapping tiles uniformly, tvqrap.md §5): a smooth ramp puts almost no weight on each tile's outermost
+  pixels, where a convolutional net sees the tile edge; averaging keeps a visible step there.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = 'reflect') -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (N, C, H, W) at the bottom/right so H and W are multiples of ``multiple``; returns (x, (H, W)).
+
+    ``mode`` is any ``F.pad`` mode; reflect falls back to replicate when a side is too small to reflect.
+    """
+    h, w = x.shape[-2:]
+    multiple = max(1, int(multiple))
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    if mode == 'reflect' and (ph >= h or pw >= w):
+        mode = 'replicate'
+    if mode == 'constant':
+        return F.pad(x, (0, pw, 0, ph), mode='constant', value=0.0), (h, w)
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def crop_to(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The top-left ``h x w`` of ``y`` (undo :func:`pad_to_multiple` after a ``scale x`` network)."""
+    return y[..., :h, :w]
+
+
+def padded_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int,
+                   multiple: int = 1, mode: str = 'reflect') -> torch.Tensor:
+    """``fn`` on ``x`` padded to ``multiple``, cropped back to exactly ``scale x`` the input size."""
+    xp, (h, w) = pad_to_multiple(x, multiple, mode)
+    y = fn(xp)
+    expected = (xp.shape[-2] * scale, xp.shape[-1] * scale)
+    if tuple(y.shape[-2:]) != expected:
+        raise ValueError(f'the network returned {tuple(y.shape[-2:])} for a {tuple(xp.shape[-2:])} input; '
+                         f'expected {expected} at scale {scale} (check --scale / the arch scale)')
+    return crop_to(y, h * scale, w * scale)
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts covering ``[0, length)``; the last tile is shifted back to end at ``length``."""
+    if length <= tile:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def _ramp(n: int, ramp: int, left: bool, right: bool, device, dtype) -> torch.Tensor:
+    """1-D blending weights: raised cosine over ``ramp`` samples at the sides that border another tile."""
+    w = torch.ones(n, device=device, dtype=dtype)
+    ramp = min(ramp, n // 2)
+    if ramp > 0:
+        t = (torch.arange(ramp, device=device, dtype=dtype) + 0.5) / ramp
+        up = 0.5 - 0.5 * torch.cos(math.pi * t)
+        if left:
+            w[:ramp] = up
+        if right:
+            w[n - ramp:] = up.flip(0)
+    return w
+
+
+def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int, tile: int = 0,
+                  overlap: int = 32, multiple: int = 1, pad_mode: str = 'reflect') -> torch.Tensor:
+    """``fn(x)`` for a ``scale x`` network, tile by tile when ``tile > 0`` and ``x`` is larger than a tile.
+
+    Args:
+        fn: the network (N, C, h, w) -> (N, C', h*scale, w*scale); called with no_grad by the caller.
+        x: the input (N, C, H, W).
+        scale: the upscaling factor (1 for an auto-encoder).
+        tile: tile side in input pixels (0: the whole image at once).
+        overlap: input pixels shared by neighbouring tiles; blended with raised-cosine weights.
+        multiple: every tile (and the whole image) is padded to this multiple (e.g. a window size).
+        pad_mode: padding mode (see :func:`pad_to_multiple`).
+
+    Returns:
+        (N, C', H*scale, W*scale), float32 when tiled (accumulated in float32), else ``fn``'s dtype.
+    """
+    n, _, h, w = x.shape
+    if tile <= 0 or (h <= tile and w <= tile):
+        return padded_forward(fn, x, scale, multiple, pad_mode)
+    tile = max(int(tile), 1)
+    overlap = max(0, min(int(overlap), tile - 1))
+    out = weight = None
+    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    for i, y0 in enumerate(ys):
+        for j, x0 in enumerate(xs):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            patch = padded_forward(fn, x[..., y0:y1, x0:x1], scale, multiple, pad_mode).float()
+            if out is None:
+                out = patch.new_zeros((n, patch.shape[1], h * scale, w * scale))
+                weight = patch.new_zeros((1, 1, h * scale, w * scale))
+            # raised-cosine ramps over ``overlap`` at the sides that have a neighbour (a shifted last tile
+            # overlaps more; the weights are normalised below, so the blend stays smooth)
+            wy = _ramp((y1 - y0) * scale, overlap * scale, i > 0, i < len(ys) - 1, patch.device, patch.dtype)
+            wx = _ramp((x1 - x0) * scale, overlap * scale, j > 0, j < len(xs) - 1, patch.device, patch.dtype)
+            wmap = wy[:, None] * wx[None, :]
+            out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] += patch * wmap
+            weight[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] += wmap
+    return out / weight.clamp_min(1e-8)
+
+
+def arch_multiple(net: torch.nn.Module) -> int:
+    """The padding multiple an architecture needs, read from the network itself.
+
+    An explicit ``pad_multiple`` attribute wins (our archs set it, e.g. TVQ&RAP); otherwise the lcm of every
+    submodule's ``window_size`` (SwinIR's window attention) and of the pixel-unshuffle factor of BasicSR's
+    ``RRDBNet`` at scale 2 (2) or 1 (4); 1 when nothing constrains the size.
+    """
+    explicit = getattr(net, 'pad_multiple', None)
+    if explicit:
+        return int(explicit)
+    multiple = 1
+    for mod in net.modules():
+        ws = getattr(mod, 'window_size', None)
+        for v in (ws if isinstance(ws, (tuple, list)) else (ws,)):
+            if isinstance(v, int) and v > 0:
+                multiple = math.lcm(multiple, v)
+    if type(net).__name__ == 'RRDBNet':
+        multiple = math.lcm(multiple, {1: 4, 2: 2}.get(int(getattr(net, 'scale', 4)), 1))
+    return multiple
