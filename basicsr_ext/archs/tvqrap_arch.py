@@ -134,7 +134,7 @@ class TVQRAPNet(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def load_tokenizer(self, path_or_state_dict: str | Mapping[str, torch.Tensor],
-                       param_key: str = 'params_ema') -> None:
+                       param_key: str | None = 'params_ema') -> None:
         """Copy ``generator.blocks_1``, ``generator.blocks_3`` and ``quantize`` from a stage-I TVQTokenizer
         checkpoint (or state dict); strict on those subtrees, CheckpointError naming the file otherwise."""
         if isinstance(path_or_state_dict, Mapping):

@@ -416,38 +416,37 @@ def _describe_sample(dataset: Any, index: int) -> str:
     return str(entry)
 
 
-class _NamedSampleErrors:
-    """Mixin: an exception while loading a sample becomes a DatasetError naming the sample and the dataset."""
-
-    _checked_base: type
-
-    def __getitem__(self, index):
-        try:
-            return super().__getitem__(index)
-        except DatasetError:
+def _named_getitem(self, index):
+    """An exception while loading a sample becomes a DatasetError naming the sample and the dataset."""
+    try:
+        return self._checked_base.__getitem__(self, index)
+    except DatasetError:
+        raise
+    except Exception as e:
+        if isinstance(e, IndexError) and isinstance(index, int) and not 0 <= index < len(self):
             raise
-        except Exception as e:
-            if isinstance(e, IndexError) and isinstance(index, int) and not 0 <= index < len(self):
-                raise
-            opt = getattr(self, 'opt', {}) or {}
-            label = f"dataset {opt.get('name', '?')!r} ({opt.get('type', type(self).__name__)})"
-            hint = ''
-            if isinstance(e, (AttributeError, TypeError)) and 'NoneType' in str(e):
-                hint = ' (the image bytes could not be read or decoded: missing LMDB key, truncated or corrupt file)'
-            raise DatasetError(f'{label}: cannot load sample {index} ({_describe_sample(self, index)}): '
-                               f'{type(e).__name__}: {str(e)[:300]}{hint}') from e
+        opt = getattr(self, 'opt', {}) or {}
+        label = f"dataset {opt.get('name', '?')!r} ({opt.get('type', type(self).__name__)})"
+        hint = ''
+        if isinstance(e, (AttributeError, TypeError)) and 'NoneType' in str(e):
+            hint = ' (the image bytes could not be read or decoded: missing LMDB key, truncated or corrupt file)'
+        raise DatasetError(f'{label}: cannot load sample {index} ({_describe_sample(self, index)}): '
+                           f'{type(e).__name__}: {str(e)[:300]}{hint}') from e
 
-    def __reduce__(self):
-        return _restore_checked, (self._checked_base, self.__dict__)
+
+def _named_reduce(self):
+    return _restore_checked, (self._checked_base, self.__dict__)
 
 
 _CHECKED_CLASSES: dict[type, type] = {}
 
 
 def _checked_class(cls: type) -> type:
+    """A subclass of ``cls`` with the same name and layout whose ``__getitem__`` names failing samples."""
     if cls not in _CHECKED_CLASSES:
-        _CHECKED_CLASSES[cls] = type(cls.__name__, (_NamedSampleErrors, cls), {
-            '__module__': cls.__module__, '__qualname__': cls.__qualname__, '_checked_base': cls})
+        _CHECKED_CLASSES[cls] = type(cls.__name__, (cls, ), {
+            '__module__': cls.__module__, '__qualname__': cls.__qualname__, '__slots__': (), '_checked_base': cls,
+            '_basicsr_ext_named_errors': True, '__getitem__': _named_getitem, '__reduce__': _named_reduce})
     return _CHECKED_CLASSES[cls]
 
 
@@ -461,7 +460,7 @@ def _restore_checked(base: type, state: dict) -> Any:
 def name_sample_errors(dataset: Any) -> Any:
     """Give ``dataset`` (in place) sample errors that name the file; isinstance checks keep working."""
     cls = type(dataset)
-    if isinstance(dataset, _NamedSampleErrors) or not hasattr(cls, '__getitem__'):
+    if getattr(cls, '_basicsr_ext_named_errors', False) or not hasattr(cls, '__getitem__'):
         return dataset
     try:
         dataset.__class__ = _checked_class(cls)

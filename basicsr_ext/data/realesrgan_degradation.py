@@ -34,14 +34,23 @@ DEGRADATION_KEYS = ('resize_prob', 'resize_range', 'gaussian_noise_prob', 'noise
                     'gray_noise_prob', 'jpeg_range', 'second_blur_prob', 'resize_prob2', 'resize_range2',
                     'gaussian_noise_prob2', 'noise_range2', 'poisson_scale_range2', 'gray_noise_prob2',
                     'jpeg_range2')
-KERNEL_KEYS = ('blur_kernel_size', 'kernel_list', 'kernel_prob', 'blur_sigma', 'betag_range', 'betap_range',
-               'sinc_prob', 'blur_kernel_size2', 'kernel_list2', 'kernel_prob2', 'blur_sigma2', 'betag_range2',
+KERNEL_KEYS = ('kernel_list', 'kernel_prob', 'blur_sigma', 'betag_range', 'betap_range',
+               'sinc_prob', 'kernel_list2', 'kernel_prob2', 'blur_sigma2', 'betag_range2',
                'betap_range2', 'sinc_prob2', 'final_sinc_prob')
 _KERNEL_SIZES = [2 * v + 1 for v in range(3, 11)]  # 7 .. 21, as in RealESRGANDataset
 
 
-def _one_kernel(kernel_list, kernel_prob, sigma, betag, betap, sinc_prob) -> np.ndarray:
-    size = random.choice(_KERNEL_SIZES)
+def kernel_sizes(max_size: int | None) -> list[int]:
+    """Odd kernel sizes 7 .. ``max_size`` (21 = RealESRGANDataset's hard-coded range, which ignores
+    ``blur_kernel_size``; here it is honoured so that TVQ&RAP's second-stage kernels stay within 15)."""
+    sizes = [k for k in _KERNEL_SIZES if k <= int(max_size or 21)]
+    if not sizes:
+        raise ValueError(f'blur_kernel_size must be at least 7, got {max_size}')
+    return sizes
+
+
+def _one_kernel(kernel_list, kernel_prob, sigma, betag, betap, sinc_prob, max_size) -> np.ndarray:
+    size = random.choice(kernel_sizes(max_size))
     if np.random.uniform() < sinc_prob:
         omega_c = np.random.uniform(np.pi / 3, np.pi) if size < 13 else np.random.uniform(np.pi / 5, np.pi)
         kernel = circular_lowpass_kernel(omega_c, size, pad_to=False)
@@ -53,11 +62,12 @@ def _one_kernel(kernel_list, kernel_prob, sigma, betag, betap, sinc_prob) -> np.
 
 
 def sample_realesrgan_kernels(opt: Mapping) -> dict[str, torch.Tensor]:
-    """kernel1, kernel2 and sinc_kernel (21x21 each) with RealESRGANDataset's distributions and option keys."""
+    """kernel1, kernel2 and sinc_kernel (21x21 each) with RealESRGANDataset's distributions and option keys
+    (kernel sizes up to ``blur_kernel_size`` / ``blur_kernel_size2``, see :func:`kernel_sizes`)."""
     k1 = _one_kernel(opt['kernel_list'], opt['kernel_prob'], opt['blur_sigma'], opt['betag_range'],
-                     opt['betap_range'], opt['sinc_prob'])
+                     opt['betap_range'], opt['sinc_prob'], opt.get('blur_kernel_size'))
     k2 = _one_kernel(opt['kernel_list2'], opt['kernel_prob2'], opt['blur_sigma2'], opt['betag_range2'],
-                     opt['betap_range2'], opt['sinc_prob2'])
+                     opt['betap_range2'], opt['sinc_prob2'], opt.get('blur_kernel_size2'))
     if np.random.uniform() < opt['final_sinc_prob']:
         size = random.choice(_KERNEL_SIZES)
         sinc = torch.FloatTensor(circular_lowpass_kernel(np.random.uniform(np.pi / 3, np.pi), size, pad_to=21))

@@ -121,7 +121,7 @@ def _record_downloads() -> Iterator[list[tuple[str, str]]]:
 
 def _is_download_failure(e: BaseException) -> bool:
     import urllib.error
-    names = {type(x).__name__ for x in type(e).__mro__}
+    names = {c.__name__ for c in type(e).__mro__}
     hf = {'LocalEntryNotFoundError', 'OfflineModeIsEnabled', 'HfHubHTTPError', 'EntryNotFoundError',
           'RepositoryNotFoundError', 'ConnectionError', 'Timeout', 'ProxyError', 'SSLError'}
     return isinstance(e, (urllib.error.URLError, ConnectionError, TimeoutError)) or bool(names & hf)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -105,10 +106,17 @@ def _read_header(data: bytes, path: str, max_pixels: int) -> tuple[str, int, int
 
 
 def _decode_cv2(data: bytes) -> np.ndarray | None:
+    log = getattr(getattr(cv2, 'utils', None), 'logging', None)  # silence OpenCV's warnings on bad files
+    old = log.getLogLevel() if log is not None else None
     try:
+        if log is not None:
+            log.setLogLevel(log.LOG_LEVEL_SILENT)
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
         return None
+    finally:
+        if log is not None:
+            log.setLogLevel(old)
     if arr is None or arr.size == 0:
         return None
     if arr.ndim == 3 and arr.shape[2] == 3:
@@ -280,6 +288,36 @@ def list_images(folder: str, recursive: bool = False) -> list[str]:
         if not recursive:
             break
     return sorted(out)
+
+
+def match_by_stem(ref_stems: Sequence[str], files: Sequence[str]) -> dict[str, str]:
+    """Reference stem -> file whose stem is the same, or the stem + optional ``x<scale>`` + optional ``_<suffix>``.
+
+    Tolerates BasicSR's result names (``baby_AESOP.png``, ``babyx4_out.png``). The longest matching reference
+    stem wins (``img_1_out`` is ``img_1``, not ``img``); an exact stem beats a suffixed one.
+    """
+    stems = sorted(set(ref_stems), key=len, reverse=True)
+    out: dict[str, str] = {}
+    exact: set[str] = set()
+    for f in sorted(files):
+        r = os.path.splitext(os.path.basename(f))[0]
+        for g in stems:
+            if r == g:
+                out[g] = f
+                exact.add(g)
+                break
+            if re.fullmatch(re.escape(g) + r'(x\d+)?(_.*)?', r):
+                if g not in out:
+                    out[g] = f
+                break
+    return out
+
+
+def write_figure_atomic(fig: Any, path: str, dpi: int = 100) -> None:
+    """Save a matplotlib figure as PNG (exact figure size, no tight bbox) atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def describe(info: ImageInfo) -> dict[str, Any]:

@@ -5,10 +5,10 @@ Used by validation (e.g. SwinIR's window padding, TVQ&RAP's multiple of 32/64, t
 
 - :func:`pad_to_multiple` pads the bottom/right edge (reflect; replicate where the image is too small to
   reflect) and returns the original size; :func:`crop_to` cuts the upscaled result back to ``scale x`` size.
-- :func:`tiled_forward` runs ``fn`` on overlapping tiles (each padded to the multiple) and blends them with
-  raised-cosine weights over the overlaps, so seams are invisible. Choice (the official TVQ&RAP code averages
-  overlapping tiles uniformly, tvqrap.md §5): a smooth ramp puts almost no weight on each tile's outermost
-  pixels, where a convolutional net sees the tile edge; averaging keeps a visible step there.
+- :func:`tiled_forward` runs ``fn`` on overlapping tiles of the padded image and blends them with weights that
+  are 0 on each tile's outer quarter-overlap and a raised cosine across the middle, so seams are invisible.
+  Choice (the official TVQ&RAP code averages overlapping tiles uniformly, tvqrap.md §5): uniform averaging
+  keeps half the weight on pixels that saw the tile edge, which leaves a visible step.
 """
 from __future__ import annotations
 
@@ -63,17 +63,24 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def _ramp(n: int, ramp: int, left: bool, right: bool, device, dtype) -> torch.Tensor:
-    """1-D blending weights: raised cosine over ``ramp`` samples at the sides that border another tile."""
+def _ramp(n: int, overlap: int, left: bool, right: bool, device, dtype) -> torch.Tensor:
+    """1-D blending weights of one tile at the sides that border another tile.
+
+    Within an overlap of ``overlap`` samples: weight 0 for the outer quarter (the pixels that saw the tile edge
+    through the receptive field), a raised cosine over the middle half, 1 for the inner quarter. The ramps of
+    two neighbours are mirror images, so they sum to 1 wherever both cover.
+    """
     w = torch.ones(n, device=device, dtype=dtype)
-    ramp = min(ramp, n // 2)
-    if ramp > 0:
+    overlap = min(overlap, n // 2)
+    margin, ramp = overlap // 4, overlap - 2 * (overlap // 4)
+    if overlap > 0:
         t = (torch.arange(ramp, device=device, dtype=dtype) + 0.5) / ramp
-        up = 0.5 - 0.5 * torch.cos(math.pi * t)
+        up = torch.cat([torch.zeros(margin, device=device, dtype=dtype), 0.5 - 0.5 * torch.cos(math.pi * t),
+                        torch.ones(margin, device=device, dtype=dtype)])
         if left:
-            w[:ramp] = up
+            w[:overlap] = up
         if right:
-            w[n - ramp:] = up.flip(0)
+            w[n - overlap:] = torch.minimum(w[n - overlap:], up.flip(0))
     return w
 
 
@@ -81,40 +88,48 @@ def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, s
                   overlap: int = 32, multiple: int = 1, pad_mode: str = 'reflect') -> torch.Tensor:
     """``fn(x)`` for a ``scale x`` network, tile by tile when ``tile > 0`` and ``x`` is larger than a tile.
 
+    The image is padded to ``multiple`` once (as an untiled run would be), the tile side is rounded down to a
+    multiple, so every tile sees exactly the context of the untiled run except near its own edges; those
+    pixels get weight 0 in the blend (see :func:`_ramp`). Keep ``overlap`` >= 2x the network's receptive
+    radius (in input pixels) for seamless output.
+
     Args:
         fn: the network (N, C, h, w) -> (N, C', h*scale, w*scale); called with no_grad by the caller.
         x: the input (N, C, H, W).
         scale: the upscaling factor (1 for an auto-encoder).
         tile: tile side in input pixels (0: the whole image at once).
-        overlap: input pixels shared by neighbouring tiles; blended with raised-cosine weights.
-        multiple: every tile (and the whole image) is padded to this multiple (e.g. a window size).
+        overlap: input pixels shared by neighbouring tiles.
+        multiple: the image (and every tile) is padded to this multiple (e.g. a window size).
         pad_mode: padding mode (see :func:`pad_to_multiple`).
 
     Returns:
         (N, C', H*scale, W*scale), float32 when tiled (accumulated in float32), else ``fn``'s dtype.
     """
     n, _, h, w = x.shape
+    multiple = max(1, int(multiple))
     if tile <= 0 or (h <= tile and w <= tile):
         return padded_forward(fn, x, scale, multiple, pad_mode)
-    tile = max(int(tile), 1)
-    overlap = max(0, min(int(overlap), tile - 1))
+    xp, _ = pad_to_multiple(x, multiple, pad_mode)
+    hp, wp = xp.shape[-2:]
+    tile = max(multiple, int(tile) // multiple * multiple)
+    overlap = max(0, min(int(overlap), tile // 2))
     out = weight = None
-    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    ys, xs = _starts(hp, tile, overlap), _starts(wp, tile, overlap)
     for i, y0 in enumerate(ys):
         for j, x0 in enumerate(xs):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            patch = padded_forward(fn, x[..., y0:y1, x0:x1], scale, multiple, pad_mode).float()
+            y1, x1 = min(y0 + tile, hp), min(x0 + tile, wp)
+            patch = padded_forward(fn, xp[..., y0:y1, x0:x1], scale, multiple, pad_mode).float()
             if out is None:
-                out = patch.new_zeros((n, patch.shape[1], h * scale, w * scale))
-                weight = patch.new_zeros((1, 1, h * scale, w * scale))
-            # raised-cosine ramps over ``overlap`` at the sides that have a neighbour (a shifted last tile
-            # overlaps more; the weights are normalised below, so the blend stays smooth)
+                out = patch.new_zeros((n, patch.shape[1], hp * scale, wp * scale))
+                weight = patch.new_zeros((1, 1, hp * scale, wp * scale))
+            # a shifted last tile overlaps its neighbour by more than ``overlap``: the weights are normalised
+            # below, and the zero margins still keep every tile's edge pixels out of the result
             wy = _ramp((y1 - y0) * scale, overlap * scale, i > 0, i < len(ys) - 1, patch.device, patch.dtype)
             wx = _ramp((x1 - x0) * scale, overlap * scale, j > 0, j < len(xs) - 1, patch.device, patch.dtype)
             wmap = wy[:, None] * wx[None, :]
             out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] += patch * wmap
             weight[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] += wmap
-    return out / weight.clamp_min(1e-8)
+    return crop_to(out / weight.clamp_min(1e-8), h * scale, w * scale)
 
 
 def arch_multiple(net: torch.nn.Module) -> int:

@@ -3,15 +3,36 @@
 Paper-default nets, synthetic weights from the fill rule (tests/golden_rule.py), the small golden inputs, all
 through the public API. Floats within 1e-3 max-abs, code indices identical (tests/data/golden/README in /shared).
 """
+import json
+
 import pytest
 import torch
 
 from basicsr_ext.archs.patchgan_arch import TVQPatchGANDiscriminator
 from basicsr_ext.archs.tvq_arch import TVQTokenizer
 from basicsr_ext.archs.tvqrap_arch import OFFICIAL_LAYOUT, OFFICIAL_UNUSED_PREFIXES, TVQRAPNet
-from tests.golden_rule import fill, load_golden
+from tests.golden_rule import fill, load_golden, manifest_path
 
 TOL = 1e-3
+
+
+def _manifest(name):
+    with open(manifest_path(name)) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope='module')
+def official_sd():
+    """fill() of the official CodeFormer manifest (75M values, made once). Every tokenizer key is in it with the
+    same shape, and a filled value depends only on key and shape, so the tokenizer's fill is a subset of it."""
+    return fill('tvqrap_sr_stage3.json')
+
+
+@pytest.fixture(scope='module')
+def tokenizer_sd(official_sd):
+    shapes = _manifest('tvqrap_tokenizer_stage1.json')['tensors']
+    assert all(list(official_sd[k].shape) == v for k, v in shapes.items())
+    return {k: official_sd[k] for k in shapes}
 
 
 def _load_strict(net, sd):
@@ -32,9 +53,9 @@ def _maxabs(a, b):
 
 # ---------------------------------------------------------------------------------------------- tokenizer
 @pytest.fixture(scope='module')
-def tokenizer_run():
+def tokenizer_run(tokenizer_sd):
     case = load_golden('tvq_tokenizer')['cases'][0]
-    net = _load_strict(TVQTokenizer().eval(), fill('tvqrap_tokenizer_stage1.json'))
+    net = _load_strict(TVQTokenizer().eval(), tokenizer_sd)
     with torch.no_grad():
         out = net(case['input_01'], case['lr8_01'])
         out['decoded_01'] = net.decode(indices=out['indices'], structure_latent=out['structure_latent'])
@@ -43,11 +64,7 @@ def tokenizer_run():
 
 
 def test_tokenizer_default_matches_manifest_exactly():
-    import json
-
-    from tests.golden_rule import manifest_path
-    with open(manifest_path('tvqrap_tokenizer_stage1.json')) as f:
-        man = json.load(f)
+    man = _manifest('tvqrap_tokenizer_stage1.json')
     net = TVQTokenizer()
     own = net.state_dict()
     assert list(own) == list(man['tensors'])  # same keys in the same order
@@ -90,9 +107,9 @@ def test_tokenizer_golden_decode_and_area_downscale(tokenizer_run):
 
 # ---------------------------------------------------------------------------------------------- SR net
 @pytest.fixture(scope='module')
-def sr_run():
+def sr_run(official_sd):
     case = load_golden('tvqrap_sr')['cases'][0]
-    sd, layout = TVQRAPNet.convert_official_state_dict(fill('tvqrap_sr_stage3.json'))
+    sd, layout = TVQRAPNet.convert_official_state_dict(official_sd)
     assert layout == OFFICIAL_LAYOUT
     net = _load_strict(TVQRAPNet().eval(), sd)
     with torch.no_grad():
@@ -101,9 +118,12 @@ def sr_run():
     return case, pred, sr01
 
 
-def test_sr_official_layout_strict_load():
-    full = fill('tvqrap_sr_stage3.json')
+def test_sr_official_layout_strict_load(official_sd):
+    full = official_sd
     sd, layout = TVQRAPNet.convert_official_state_dict(full)
+    assert layout == OFFICIAL_LAYOUT
+    again, layout2 = TVQRAPNet.convert_official_state_dict(sd)  # our own layout passes unchanged
+    assert layout2 is None and list(again) == list(sd)
     dropped = set(full) - set(sd)
     assert dropped and all(k.startswith(OFFICIAL_UNUSED_PREFIXES) for k in dropped)
     assert not any(k.startswith(OFFICIAL_UNUSED_PREFIXES) for k in sd)

@@ -1,0 +1,100 @@
+"""Perception-distortion plot from a benchmark JSON: one labelled point per method, any two metrics.
+
+    python scripts/benchmark.py ... --metrics psnr lpips --out bench
+    python scripts/plot_perception_distortion.py --json bench.json --x psnr --y lpips --out pd.png
+    python scripts/plot_perception_distortion.py --json bench.json --x psnr --y dists --dataset Set14 --dpi 150
+
+One panel per dataset (or only ``--dataset``); the axis labels say which direction is better (from the JSON).
+The PNG is exactly ``--width x --height`` inches at ``--dpi`` and written atomically. Prints the plotted points
+as a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import basicsr_ext  # noqa: E402,F401
+import matplotlib  # noqa: E402
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from basicsr_ext.utils.image_io import write_figure_atomic  # noqa: E402
+
+
+def collect_points(res: dict, x: str, y: str, datasets: list[str] | None = None) -> dict[str, list[tuple]]:
+    """{dataset: [(method, x, y), ...]} for methods that have both values."""
+    out = {}
+    for dname, d in res['results'].items():
+        if datasets and dname not in datasets:
+            continue
+        pts = []
+        for mname, r in d['methods'].items():
+            vx, vy = r['metrics'].get(x), r['metrics'].get(y)
+            if isinstance(vx, (int, float)) and isinstance(vy, (int, float)):
+                pts.append((mname, float(vx), float(vy)))
+        out[dname] = pts
+    return out
+
+
+def plot(points: dict[str, list[tuple]], x: str, y: str, better: dict, out: str, width: float = 6.0,
+         height: float = 4.5, dpi: int = 100, title: str | None = None) -> None:
+    """Draw one panel per dataset and write the PNG atomically."""
+    n = max(1, len(points))
+    fig, axes = plt.subplots(1, n, figsize=(width, height), dpi=dpi, squeeze=False)
+    arrow = {'higher': '↑ better', 'lower': '↓ better'}
+    for ax, (dname, pts) in zip(axes[0], points.items()):
+        for i, (mname, vx, vy) in enumerate(pts):
+            ax.scatter([vx], [vy], s=36, color=f'C{i % 10}', zorder=3)
+            ax.annotate(mname, (vx, vy), textcoords='offset points', xytext=(5, 4), fontsize=8)
+        ax.set_xlabel(f'{x.upper()} ({arrow.get(better.get(x), "")})'.replace(' ()', ''))
+        ax.set_ylabel(f'{y.upper()} ({arrow.get(better.get(y), "")})'.replace(' ()', ''))
+        ax.set_title(dname, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.margins(0.15)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    write_figure_atomic(fig, out, dpi=dpi)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--json', required=True, help='benchmark JSON (scripts/benchmark.py --out)')
+    p.add_argument('--x', default='psnr', help='metric on the x axis (default psnr)')
+    p.add_argument('--y', default='lpips', help='metric on the y axis (default lpips)')
+    p.add_argument('--dataset', nargs='*', default=None, help='only these datasets (default: all, one panel each)')
+    p.add_argument('--out', default='perception_distortion.png')
+    p.add_argument('--width', type=float, default=6.0, help='inches')
+    p.add_argument('--height', type=float, default=4.5, help='inches')
+    p.add_argument('--dpi', type=int, default=100)
+    p.add_argument('--title', default=None)
+    args = p.parse_args(argv)
+    try:
+        with open(args.json, encoding='utf-8') as f:
+            res = json.load(f)
+        res['results']
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f'error: {args.json}: not a benchmark JSON ({e})', file=sys.stderr)
+        return 2
+    points = collect_points(res, args.x, args.y, args.dataset)
+    if not any(points.values()):
+        print(f'error: no method has both {args.x} and {args.y} in {args.json}', file=sys.stderr)
+        return 2
+    plot(points, args.x, args.y, res.get('better', {}), args.out, args.width, args.height, args.dpi, args.title)
+    print(f'| dataset | method | {args.x} | {args.y} |\n|---|---|---:|---:|')
+    for dname, pts in points.items():
+        for mname, vx, vy in pts:
+            print(f'| {dname} | {mname} | {vx:.4f} | {vy:.4f} |')
+    print(f'\nwrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""Quickstart: one command, no download. Builds a tiny SR dataset from scikit-image's bundled photos, trains the
+quickstart stages with ``basicsr_ext/train.py`` and tests them with ``basicsr_ext/test.py``, then prints a
+PSNR/SSIM table (Y channel, 4-pixel border crop) on held-out photos.
+
+    python scripts/quickstart.py                       # every stage whose options exist (~10 min on 2 cores)
+    python scripts/quickstart.py --stages rrdb_l1      # the baseline only (~1 min)
+    python scripts/quickstart.py --iters-scale 0.25    # shorter runs (smoke test)
+
+Layout under ``--out`` (default ``quickstart_out/``; option files in ``options/quickstart/`` rely on it):
+
+    datasets/train_HR.lmdb     GT sub-images (128x128, step 64) of 18 photos, keys in meta_info.txt
+    datasets/train_LRx4.lmdb   bicubic x4 LR sub-images (32x32), same keys
+    datasets/val/HR/*.png      4 held-out photos, centre 256x256 (multiple of 4)
+    datasets/val/LRx4/*.png    their bicubic x4 LR (BasicSR's MATLAB imresize)
+    datasets/build/            intermediate folders (full-size HR/LR, sub-image folders)
+    experiments/, results/     what BasicSR writes (training runs from this folder as CWD)
+    logs/<step>.log            stdout/stderr of every train/test command
+    options/test_*.yml         test options generated for the method stages
+
+Every command is printed before it runs, so any step can be re-run by hand from ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if __package__ in (None, ''):
+    sys.path.insert(0, ROOT)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+import basicsr_ext  # noqa: E402,F401  (compat first)
+from basicsr_ext.data import prep  # noqa: E402
+from basicsr_ext.data.checks import DatasetError  # noqa: E402
+
+OPTIONS_DIR = osp.join(ROOT, 'options', 'quickstart')
+TRAIN_SCRIPT = osp.join(ROOT, 'basicsr_ext', 'train.py')
+TEST_SCRIPT = osp.join(ROOT, 'basicsr_ext', 'test.py')
+
+# scikit-image photos (bundled in the wheel, no download); the four validation photos are held out
+TRAIN_PHOTOS = ('astronaut', 'brick', 'camera', 'clock', 'grass', 'gravel', 'hubble_deep_field',
+                'immunohistochemistry', 'moon', 'page', 'text', 'retina', 'cell', 'stereo_motorcycle', 'horse',
+                'colorwheel', 'logo', 'shepp_logan_phantom')
+VAL_PHOTOS = ('chelsea', 'coffee', 'coins', 'rocket')
+SCALE = 4
+MAX_SIDE = 512       # larger photos are first resized (INTER_AREA) so that none dominates the sub-images
+VAL_SIDE = 256       # validation: centre crop (fast validation; a multiple of 4 and of 64)
+SUB_CROP, SUB_STEP = 128, 64   # sub-images: BasicSR's recipe shape (step = crop / 2) at quickstart size
+DATA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Step:
+    """One training run. ``label`` set: tested afterwards and shown in the table."""
+
+    option: str                          # file in options/quickstart/
+    label: str | None = None
+    test_option: str | None = None       # file in options/quickstart/; None = test_<option> if present, else generated
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    steps: tuple[Step, ...]
+    note: str = field(default='')
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage('rrdb_l1', (Step('rrdb_l1.yml', 'RRDB + L1 (baseline)', 'test_rrdb_l1.yml'), )),
+    Stage('ldl', (Step('ldl_rrdb.yml', 'RRDB + LDL (AESOP baseline)'), )),
+    Stage('aesop', (Step('aesop_autoencoder.yml'), Step('aesop_rrdb.yml', 'RRDB + AESOP'))),
+    Stage('tvqrap', (Step('tvq_tokenizer.yml'), Step('tvqrap_stage2.yml', 'TVQ&RAP stage II (code prediction)'),
+                     Step('tvqrap_rap.yml', 'TVQ&RAP stage III (RAP)'))),
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------------
+def load_photo(name: str) -> np.ndarray:
+    """A scikit-image photo as BGR uint8 H x W x 3 (gray -> 3 channels, alpha composited on white)."""
+    import skimage.data
+    img = getattr(skimage.data, name)()
+    if isinstance(img, tuple):  # stereo_motorcycle -> (left, right, disparity)
+        img = img[0]
+    img = np.asarray(img)
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    elif img.dtype != np.uint8:
+        img = np.clip(np.round(img.astype(np.float64) * (255.0 if img.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.shape[2] == 4:
+        alpha = img[..., 3:].astype(np.float32) / 255.0
+        img = np.round(img[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def _fit(img: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if max(h, w) <= max_side:
+        return img
+    f = max_side / max(h, w)
+    return cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+
+
+def _center(img: np.ndarray, side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return img[top:top + side, left:left + side]
+
+
+def build_data(out: str, rebuild: bool = False, log=print) -> dict[str, str]:
+    """Make ``datasets/`` under ``out`` with the tooling of basicsr_ext.data.prep (skipped when up to date)."""
+    ds = osp.join(out, 'datasets')
+    build = osp.join(ds, 'build')
+    paths = {'train_HR.lmdb': osp.join(ds, 'train_HR.lmdb'), 'train_LRx4.lmdb': osp.join(ds, 'train_LRx4.lmdb'),
+             'val/HR': osp.join(ds, 'val', 'HR'), 'val/LRx4': osp.join(ds, 'val', 'LRx4')}
+    stamp_path = osp.join(ds, 'quickstart_data.json')
+    recipe = {'version': DATA_VERSION, 'train': TRAIN_PHOTOS, 'val': VAL_PHOTOS, 'max_side': MAX_SIDE,
+              'val_side': VAL_SIDE, 'crop': SUB_CROP, 'step': SUB_STEP, 'scale': SCALE}
+    if not rebuild and osp.isfile(stamp_path) and all(osp.exists(p) for p in paths.values()):
+        with open(stamp_path) as f:
+            if json.load(f) == json.loads(json.dumps(recipe)):
+                log(f'data: up to date in {ds} (--rebuild-data to remake it)')
+                return paths
+    t0 = time.time()
+    src_train, src_val = osp.join(build, 'photos_train'), osp.join(build, 'photos_val')
+    with prep.staged_outputs([src_train, src_val], overwrite=True) as (t_dir, v_dir):
+        os.makedirs(t_dir)
+        os.makedirs(v_dir)
+        for name in TRAIN_PHOTOS:
+            prep.save_png(osp.join(t_dir, f'{name}.png'), _fit(load_photo(name), MAX_SIDE))
+        for name in VAL_PHOTOS:
+            prep.save_png(osp.join(v_dir, f'{name}.png'), _center(load_photo(name), VAL_SIDE))
+    kw = dict(overwrite=True, progress=False)
+    hr_full, lr_full = osp.join(build, 'train_HR'), osp.join(build, f'train_LRx{SCALE}')
+    prep.bicubic_downscale(src_train, lr_full, SCALE, hr_mod_folder=hr_full, **kw)
+    hr_sub, lr_sub = osp.join(build, 'train_HR_sub'), osp.join(build, f'train_LRx{SCALE}_sub')
+    n = prep.extract_subimages(hr_full, hr_sub, SUB_CROP, SUB_STEP, 0, scale=1, compress_level=1, **kw)
+    prep.extract_subimages(lr_full, lr_sub, SUB_CROP, SUB_STEP, 0, scale=SCALE, compress_level=1, **kw)
+    prep.make_paired_lmdb(hr_sub, lr_sub, paths['train_HR.lmdb'], paths['train_LRx4.lmdb'], scale=SCALE, **kw)
+    prep.bicubic_downscale(src_val, paths['val/LRx4'], SCALE, hr_mod_folder=paths['val/HR'], **kw)
+    with open(stamp_path + '.tmp', 'w') as f:
+        json.dump(recipe, f, indent=1)
+    os.replace(stamp_path + '.tmp', stamp_path)
+    log(f'data: {len(TRAIN_PHOTOS)} train photos -> {n} sub-images {SUB_CROP}x{SUB_CROP} (LMDB), '
+        f'{len(VAL_PHOTOS)} val photos, in {time.time() - t0:.1f} s ({ds})')
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------
+# options, commands
+# ----------------------------------------------------------------------------------------------------------
+def scaled_overrides(opt: dict, factor: float) -> list[str]:
+    """``--force_yml`` entries that scale total_iter, val_freq, checkpoint frequency and LR milestones."""
+    if factor == 1:
+        return []
+    train, out = opt.get('train') or {}, []
+    total = int(train.get('total_iter', 0))
+    new_total = max(1, int(round(total * factor)))
+    out.append(f'train:total_iter={new_total}')
+    if (opt.get('val') or {}).get('val_freq'):
+        out.append(f"val:val_freq={max(1, int(round(opt['val']['val_freq'] * factor)))}")
+    if (opt.get('logger') or {}).get('save_checkpoint_freq'):
+        out.append(f"logger:save_checkpoint_freq={max(1, int(round(opt['logger']['save_checkpoint_freq'] * factor)))}")
+    if (opt.get('logger') or {}).get('print_freq'):
+        out.append(f"logger:print_freq={max(1, int(round(opt['logger']['print_freq'] * factor)))}")
+    milestones = (train.get('scheduler') or {}).get('milestones')
+    if milestones and all(m <= total for m in milestones):
+        out.append('train:scheduler:milestones=[' + ','.join(str(max(1, int(round(m * factor))))
+                                                           for m in milestones) + ']')
+    return out
+
+
+def generic_test_option(train_opt: dict, val_gt: str = 'datasets/val/HR',
+                        val_lq: str = 'datasets/val/LRx4') -> OrderedDict:
+    """A test option for a trained quickstart step: the train option's model and networks (not its data,
+    training or logging blocks), ``net_g_latest.pth`` with ``params_ema`` (BasicSR falls back to ``params``),
+    the other ``path.pretrain_network_*`` entries as trained, and PSNR/SSIM (Y, crop 4) on the validation photos."""
+    skip = ('name', 'datasets', 'val', 'logger', 'path', 'dist_params', 'is_train')
+    opt = OrderedDict()
+    opt['name'] = f"test_{train_opt['name']}"
+    for k, v in train_opt.items():
+        if k not in skip:
+            opt[k] = v
+    opt['num_gpu'] = 0
+    opt['datasets'] = OrderedDict(test_1=OrderedDict(name='quickstart_val', type='PairedImageDataset',
+                                                     dataroot_gt=val_gt, dataroot_lq=val_lq,
+                                                     io_backend=OrderedDict(type='disk')))
+    path = OrderedDict((k, v) for k, v in (train_opt.get('path') or {}).items()
+                       if k not in ('resume_state', 'pretrain_network_g', 'param_key_g', 'strict_load_g'))
+    path['pretrain_network_g'] = f"experiments/{train_opt['name']}/models/net_g_latest.pth"
+    path['param_key_g'] = 'params_ema'
+    path['strict_load_g'] = True
+    opt['path'] = path
+    metric = OrderedDict(crop_border=4, test_y_channel=True)
+    opt['val'] = OrderedDict(save_img=True, suffix=None, metrics=OrderedDict(
+        psnr=OrderedDict(type='calculate_psnr', **metric), ssim=OrderedDict(type='calculate_ssim', **metric)))
+    return opt
+
+
+def write_option(opt: dict, path: str) -> None:
+    import yaml
+
+    def plain(o):
+        if isinstance(o, dict):
+            return {k: plain(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [plain(v) for v in o]
+        return o
+
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        f.write('# generated by scripts/quickstart.py\n')
+        yaml.safe_dump(plain(opt), f, sort_keys=False)
+    os.replace(path + '.tmp', path)
+
+
+def run_logged(cmd: list[str], cwd: str, log_path: str, log=print) -> tuple[int, float]:
+    """Run ``cmd`` in ``cwd``, stdout+stderr to ``log_path``; (return code, seconds)."""
+    os.makedirs(osp.dirname(log_path), exist_ok=True)
+    shown = ' '.join(osp.relpath(c, cwd) if osp.isabs(c) and c.startswith(ROOT) else c for c in cmd[1:])
+    log(f'  $ python {shown}')
+    env = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', PYTHONPATH=ROOT + os.pathsep +
+               os.environ.get('PYTHONPATH', ''))
+    t0 = time.time()
+    with open(log_path, 'w') as f:
+        rc = subprocess.call(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    return rc, time.time() - t0
+
+
+def _tail(path: str, n: int = 25) -> str:
+    with open(path, errors='replace') as f:
+        return ''.join(f.readlines()[-n:])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics
+# ----------------------------------------------------------------------------------------------------------
+def evaluate_folder(sr_folder: str, hr_folder: str, suffix: str | None = None) -> tuple[float, float, int]:
+    """Mean PSNR/SSIM (Y, crop 4; BasicSR's functions) of the SR images in ``sr_folder`` against ``hr_folder``."""
+    from basicsr.metrics import calculate_psnr, calculate_ssim
+    psnrs, ssims = [], []
+    for hr_path in sorted(glob.glob(osp.join(hr_folder, '*.png'))):
+        stem = osp.splitext(osp.basename(hr_path))[0]
+        cands = ([osp.join(sr_folder, f'{stem}_{suffix}.png')] if suffix else []) + \
+            sorted(glob.glob(osp.join(sr_folder, f'{stem}*.png')))
+        cands = [c for c in cands if osp.isfile(c)]
+        if not cands:
+            raise FileNotFoundError(f'no SR image for {stem} in {sr_folder}')
+        sr, hr = cv2.imread(cands[0]), cv2.imread(hr_path)
+        hr = hr[:sr.shape[0], :sr.shape[1]]
+        psnrs.append(calculate_psnr(sr, hr, crop_border=4, test_y_channel=True))
+        ssims.append(calculate_ssim(sr, hr, crop_border=4, test_y_channel=True))
+    return float(np.mean(psnrs)), float(np.mean(ssims)), len(psnrs)
+
+
+def bicubic_row(out: str) -> tuple[float, float]:
+    """Bicubic x4 upsampling of the validation LR (MATLAB imresize), for reference."""
+    sr_dir = osp.join(out, 'results', 'bicubic')
+    os.makedirs(sr_dir, exist_ok=True)
+    for lr_path in sorted(glob.glob(osp.join(out, 'datasets', 'val', 'LRx4', '*.png'))):
+        lr = cv2.imread(lr_path)
+        prep.save_png(osp.join(sr_dir, osp.basename(lr_path)), prep.bicubic_resize(lr, SCALE))
+    psnr, ssim, _ = evaluate_folder(sr_dir, osp.join(out, 'datasets', 'val', 'HR'))
+    return psnr, ssim
+
+
+# ----------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------
+def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float = 1.0, rebuild_data: bool = False,
+                   log=print) -> list[dict]:
+    """Data, then each stage's steps in order (train, then test the labelled ones). Returns the table rows."""
+    from basicsr_ext.utils.options import load_option_file
+    out = osp.abspath(out)
+    os.makedirs(out, exist_ok=True)
+    build_data(out, rebuild_data, log)
+    rows: list[dict] = []
+    psnr, ssim = bicubic_row(out)
+    rows.append(dict(method='Bicubic (reference)', psnr=psnr, ssim=ssim, train_s=None, folder='results/bicubic',
+                     status='ok'))
+    selected = [s for s in STAGES if stages is None or s.name in stages]
+    for stage in selected:
+        missing = [st.option for st in stage.steps if not osp.isfile(osp.join(OPTIONS_DIR, st.option))]
+        if missing:
+            log(f'stage {stage.name}: skipped ({", ".join(missing)} not in options/quickstart/)')
+            continue
+        log(f'stage {stage.name}')
+        for step in stage.steps:
+            opt_path = osp.join(OPTIONS_DIR, step.option)
+            train_opt = load_option_file(opt_path)
+            base = osp.splitext(step.option)[0]
+            cmd = [sys.executable, TRAIN_SCRIPT, '-opt', opt_path]
+            force = scaled_overrides(train_opt, iters_scale)
+            if force:
+                cmd += ['--force_yml', *force]
+            rc, secs = run_logged(cmd, out, osp.join(out, 'logs', f'{base}.log'), log)
+            log(f'    train {base}: {"ok" if rc == 0 else f"FAILED (exit {rc})"} in {secs:.0f} s')
+            if rc != 0:
+                log(_tail(osp.join(out, 'logs', f'{base}.log')))
+                rows.append(dict(method=step.label or base, psnr=None, ssim=None, train_s=secs, folder='-',
+                                 status=f'train failed: logs/{base}.log'))
+                break
+            if not step.label:
+                continue
+            test_file = step.test_option or f'test_{step.option}'
+            test_path = osp.join(OPTIONS_DIR, test_file)
+            if not osp.isfile(test_path):
+                test_path = osp.join(out, 'options', f'test_{step.option}')
+                write_option(generic_test_option(train_opt), test_path)
+            test_opt = load_option_file(test_path)
+            rc, _ = run_logged([sys.executable, TEST_SCRIPT, '-opt', test_path], out,
+                               osp.join(out, 'logs', f'test_{base}.log'), log)
+            sr_dir = osp.join('results', test_opt['name'], 'visualization', 'quickstart_val')
+            row = dict(method=step.label, psnr=None, ssim=None, train_s=secs, folder=sr_dir, status='ok')
+            if rc != 0:
+                log(_tail(osp.join(out, 'logs', f'test_{base}.log')))
+                row['status'] = f'test failed: logs/test_{base}.log'
+            else:
+                try:
+                    row['psnr'], row['ssim'], _ = evaluate_folder(osp.join(out, sr_dir),
+                                                                  osp.join(out, 'datasets', 'val', 'HR'),
+                                                                  suffix=test_opt['name'])
+                except FileNotFoundError as e:
+                    row['status'] = f'no SR images: {e}'
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ['| method | PSNR (Y) | SSIM (Y) | train time | SR images (under the output folder) | status |',
+             '|---|---|---|---|---|---|']
+    for r in rows:
+        psnr = f"{r['psnr']:.2f}" if r['psnr'] is not None else '-'
+        ssim = f"{r['ssim']:.4f}" if r['ssim'] is not None else '-'
+        t = f"{r['train_s']:.0f} s" if r['train_s'] is not None else '-'
+        lines.append(f"| {r['method']} | {psnr} | {ssim} | {t} | {r['folder']} | {r['status']} |")
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('--out', default=osp.join(ROOT, 'quickstart_out'), help='output folder (default: %(default)s)')
+    parser.add_argument('--stages', nargs='+', choices=[s.name for s in STAGES], default=None,
+                        help='stages to run (default: all whose options exist)')
+    parser.add_argument('--iters-scale', type=float, default=1.0,
+                        help='multiply every total_iter (and val/checkpoint frequencies) by this')
+    parser.add_argument('--rebuild-data', action='store_true', help='remake the dataset even if up to date')
+    args = parser.parse_args(argv)
+    if not (args.iters_scale > 0 and math.isfinite(args.iters_scale)):
+        parser.error('--iters-scale must be a positive number')
+    t0 = time.time()
+    try:
+        rows = run_quickstart(args.out, args.stages, args.iters_scale, args.rebuild_data,
+                              log=lambda m: print(m, flush=True))
+    except DatasetError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(f'\nQuickstart results on {len(VAL_PHOTOS)} held-out photos (x{SCALE}, PSNR/SSIM on Y, crop 4), '
+          f'output folder {args.out}:\n')
+    print(format_table(rows))
+    print(f'\ntotal wall time: {time.time() - t0:.0f} s')
+    return 0 if all(r['status'] == 'ok' for r in rows) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Perception-distortion plot and comparison sheet: valid PNGs of the expected size, atomic, errors exit 2."""
+import importlib.util
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _png(path):
+    raw = open(path, 'rb').read()
+    assert raw[:8] == b'\x89PNG\r\n\x1a\n'
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img is not None
+    return img
+
+
+def _bench_json(path):
+    res = {'metrics': ['psnr', 'lpips'], 'better': {'psnr': 'higher', 'lpips': 'lower'}, 'results': {
+        name: {'n_gt': 3, 'methods': {
+            'Bicubic': {'metrics': {'psnr': 26.0 + k, 'lpips': 0.45}},
+            'ESRGAN': {'metrics': {'psnr': 24.1 + k, 'lpips': 0.12}},
+            'AESOP': {'metrics': {'psnr': 24.9 + k, 'lpips': 0.11}},
+            'broken': {'metrics': {'psnr': None, 'lpips': 0.2}}}}
+        for k, name in enumerate(['Set5', 'Set14'])}}
+    with open(path, 'w') as f:
+        json.dump(res, f)
+
+
+def test_perception_distortion_plot(tmp_path, capsys):
+    mod = _load_script('plot_perception_distortion')
+    _bench_json(tmp_path / 'b.json')
+    out = tmp_path / 'plots' / 'pd.png'
+    assert mod.main(['--json', str(tmp_path / 'b.json'), '--out', str(out), '--width', '7', '--height', '3',
+                     '--dpi', '80']) == 0
+    img = _png(out)
+    assert img.shape[:2] == (240, 560)
+    text = capsys.readouterr().out
+    assert '| Set14 | AESOP | 25.9000 | 0.1100 |' in text and 'broken' not in text  # no point without psnr
+    assert img.std() > 10  # something was drawn
+    assert os.listdir(out.parent) == ['pd.png']
+    assert mod.main(['--json', str(tmp_path / 'b.json'), '--x', 'fid', '--out', str(out)]) == 2
+
+
+def test_comparison_sheet(tmp_path, capsys):
+    mod = _load_script('comparison_sheet')
+    gt = data.astronaut()[:96, :128][..., ::-1]
+    for d in ('gt', 'lq', 'ours'):
+        (tmp_path / d).mkdir()
+    cv2.imwrite(str(tmp_path / 'gt' / 'astro.png'), gt)
+    cv2.imwrite(str(tmp_path / 'lq' / 'astro.png'), cv2.resize(gt, (32, 24), interpolation=cv2.INTER_AREA))
+    ours = cv2.GaussianBlur(gt, (5, 5), 1.5)
+    cv2.imwrite(str(tmp_path / 'ours' / 'astro_ours.png'), ours)
+    out = tmp_path / 'sheet.png'
+    code = mod.main(['--gt', str(tmp_path / 'gt'), '--lq', str(tmp_path / 'lq'), '--image', 'astro',
+                     '--method', 'Ours', str(tmp_path / 'ours'), '--method', 'GT-copy', str(tmp_path / 'gt'),
+                     '--crop', '40', '30', '32', '24', '--panel', '128', '--out', str(out)])
+    assert code == 0, capsys.readouterr().err
+    img = _png(out)
+    w, h = mod.sheet_size(4, 128, (32, 24))  # GT, Bicubic, Ours, GT-copy
+    assert img.shape[:2] == (h, w) == (96 + 22 + 12, 4 * 128 + 5 * 6)
+    # the GT panel shows the zoomed crop: its centre pixel is the GT pixel, nearest-neighbour zoom
+    left, top = 6, 6
+    centre = img[top + 48, left + 64, :3].astype(int)
+    assert np.abs(centre - gt[30 + 12, 40 + 16].astype(int)).max() <= 3
+    # the GT-copy panel equals the GT panel, the Ours panel does not
+    panel = lambda i: img[top:top + 96, left + i * 134:left + i * 134 + 128, :3].astype(int)  # noqa: E731
+    assert np.abs(panel(0) - panel(3)).mean() < 1.0
+    assert np.abs(panel(0) - panel(2)).mean() > 2.0
+    assert mod.main(['--gt', str(tmp_path / 'gt' / 'astro.png'), '--crop', '120', '90', '32', '32',
+                     '--out', str(out)]) == 2  # crop outside the image
+
+
+@pytest.mark.parametrize('overview', [True])
+def test_sheet_overview_panel(tmp_path, overview):
+    mod = _load_script('comparison_sheet')
+    cv2.imwrite(str(tmp_path / 'g.png'), data.astronaut()[:64, :64][..., ::-1])
+    out = tmp_path / 's.png'
+    assert mod.main(['--gt', str(tmp_path / 'g.png'), '--no-bicubic', '--overview', '--panel', '64',
+                     '--out', str(out)]) == 0
+    assert _png(out).shape[:2] == mod.sheet_size(2, 64, (16, 16))[::-1]
