@@ -293,7 +293,8 @@ def format_markdown(res: dict[str, Any]) -> str:
         out.append('|---|' + '---:|' * (len(heads) + 3))
         for mname, r in d['methods'].items():
             cells = [_fmt(r['metrics'].get(m), m) for m in res['metrics']]
-            out.append(f'| {mname} | ' + ' | '.join(cells) + f' | {r["n"]} | {len(r["missing"])} | {len(r["failed"])} |')
+            counts = f'{r["n"]} | {len(r["missing"])} | {len(r["failed"])}'
+            out.append(f'| {mname} | ' + ' | '.join(cells) + f' | {counts} |')
         out.append('')
     if res['metric_errors']:
         out.append('Metrics not computed: ' + '; '.join(f'{k}: {v}' for k, v in res['metric_errors'].items()))

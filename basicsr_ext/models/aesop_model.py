@@ -96,6 +96,9 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
         if not opt.get('network_d'):
             raise ConfigError('network_d is required (VGGStyleDiscriminator or UNetDiscriminatorSN)')
         check_discriminator_size(opt)
+        if train.get('channels_last') and (opt.get('network_d') or {}).get('type') == 'VGGStyleDiscriminator':
+            raise ConfigError('train.channels_last does not work with VGGStyleDiscriminator (its flatten uses '
+                              '.view, which fails on channels_last features); leave channels_last off')
 
     def init_training_settings(self) -> None:
         super().init_training_settings()  # EMA, net_d, pixel/ldl/perceptual/gan losses, optimizers
@@ -146,12 +149,16 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
                 total = total + l_style
         return total
 
+    def d_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Discriminator input in the engine's memory format (SwinIR outputs are not contiguous)."""
+        return self.to_memory_format(x) if getattr(self, 'channels_last', False) else x.contiguous()
+
     def generator_gan_loss(self, gan_gt: torch.Tensor, loss_dict: OrderedDict) -> torch.Tensor:
         """Relativistic average GAN (ESRGAN) with BasicSR's GANLoss (vanilla in the paper)."""
         with self.autocast():
             with torch.no_grad():
                 real_d_pred = self.net_d(gan_gt).float()
-            fake_g_pred = self.net_d(self.output).float()
+            fake_g_pred = self.net_d(self.d_input(self.output)).float()
         l_g_real = self.cri_gan(real_d_pred - torch.mean(fake_g_pred), False, is_disc=False)
         l_g_fake = self.cri_gan(fake_g_pred - torch.mean(real_d_pred), True, is_disc=False)
         loss_dict['l_g_gan'] = (l_g_real + l_g_fake) / 2
@@ -159,7 +166,7 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
 
     def discriminator_step(self, gan_gt: torch.Tensor, loss_dict: OrderedDict, current_iter: int) -> None:
         """ESRGAN's D step: real and fake halves x0.5, separate backward passes, one optimizer step."""
-        fake = self.output.detach()
+        fake = self.d_input(self.output.detach())
         with self.autocast():
             with torch.no_grad():
                 fake_d_pred = self.net_d(fake).float()
@@ -217,6 +224,14 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
         net.train(was_training)
 
 
+class ContiguousDiffJPEG(DiffJPEG):
+    """BasicSR's DiffJPEG returning contiguous tensors: on CPU its channels-last-strided output survives
+    ``F.pad``/``F.interpolate`` and breaks the ``.view`` in ``filter2D`` of the second degradation."""
+
+    def forward(self, x: torch.Tensor, quality) -> torch.Tensor:
+        return super().forward(x, quality).contiguous()
+
+
 @MODEL_REGISTRY.register()
 class AESOPRealESRGANModel(AESOPESRGANModel, RealESRGANModel):
     """Real-world AESOP on BasicSR's Real-ESRGAN degradation pipeline (its ``feed_data`` and pair queue).
@@ -235,7 +250,7 @@ class AESOPRealESRGANModel(AESOPESRGANModel, RealESRGANModel):
                                   f'datasets.train.batch_size_per_gpu ({batch})')
         # RealESRGANModel.__init__ moves its helpers with .cuda(); build the same helpers on self.device instead
         SRGANModel.__init__(self, opt)
-        self.jpeger = DiffJPEG(differentiable=False).to(self.device)
+        self.jpeger = ContiguousDiffJPEG(differentiable=False).to(self.device)
         self.usm_sharpener = USMSharp().to(self.device)
         self.queue_size = opt.get('queue_size', 180)
 
@@ -257,7 +272,7 @@ class AESOPRealESRGANModel(AESOPESRGANModel, RealESRGANModel):
 
     def generator_gan_loss(self, gan_gt: torch.Tensor, loss_dict: OrderedDict) -> torch.Tensor:
         with self.autocast():
-            fake_g_pred = self.net_d(self.output).float()
+            fake_g_pred = self.net_d(self.d_input(self.output)).float()
         loss_dict['l_g_gan'] = self.cri_gan(fake_g_pred, True, is_disc=False)
         return loss_dict['l_g_gan']
 
@@ -268,7 +283,7 @@ class AESOPRealESRGANModel(AESOPESRGANModel, RealESRGANModel):
         self.check_finite({'l_d_real': l_d_real}, current_iter)
         self.backward(l_d_real)
         with self.autocast():
-            fake_d_pred = self.net_d(self.output.detach().clone()).float()
+            fake_d_pred = self.net_d(self.d_input(self.output.detach()).clone()).float()
         l_d_fake = self.cri_gan(fake_d_pred, False, is_disc=True)
         self.check_finite({'l_d_fake': l_d_fake}, current_iter)
         self.backward(l_d_fake)

@@ -41,23 +41,70 @@ SafeOrderedLoader.add_multi_constructor('', _refuse_tag)  # every tag SafeLoader
 SafeOrderedLoader.add_multi_constructor('tag:yaml.org,2002:python/', _refuse_tag)
 
 
+MAX_OPTION_NODES = 1_000_000  # containers + scalars after alias expansion; real option files have a few hundred
+
+
+def _check_expanded_size(data: Any, name: str) -> None:
+    """Refuse alias bombs ("billion laughs") and self-referencing aliases before BasicSR walks the options.
+
+    PyYAML shares aliased objects, so loading is cheap, but BasicSR's ``dict2str``/``deepcopy``/logging would
+    expand them. Counted without recursion, each shared object once (memoised by id).
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        obj, done = stack.pop()
+        if not isinstance(obj, (dict, list)):
+            continue
+        oid = id(obj)
+        children = list(obj.values()) if isinstance(obj, dict) else obj
+        if done:
+            on_path.discard(oid)
+            total = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if total > MAX_OPTION_NODES:
+                raise OptionError(f'{name}: the options expand to more than {MAX_OPTION_NODES} values through '
+                                  'YAML aliases (an alias bomb?); refused')
+            sizes[oid] = total
+            continue
+        if oid in sizes:
+            continue
+        if oid in on_path:
+            raise OptionError(f'{name}: a YAML alias refers to itself (recursive structure); refused')
+        on_path.add(oid)
+        stack.append((obj, True))
+        stack.extend((c, False) for c in children if isinstance(c, (dict, list)) and id(c) not in sizes)
+
+
 def yaml_load_safe(stream: Any, name: str = '<string>') -> Any:
-    """Parse YAML text or an open file with SafeOrderedLoader; errors name the file and line."""
-    loader = SafeOrderedLoader(stream)
-    if name != '<string>':
-        loader.name = name
+    """Parse YAML text or an open file with SafeOrderedLoader; errors name the file and line.
+
+    Every failure is an OptionError: syntax, refused tags, bad ``!!float``/``!!int`` values, unhashable keys,
+    nesting too deep for the parser, alias bombs and recursive aliases.
+    """
+    loader = None
     try:
-        return loader.get_single_data()
-    except OptionError:
+        loader = SafeOrderedLoader(stream)
+        if name != '<string>':
+            loader.name = name
+        data = loader.get_single_data()
+    except (OptionError, UnicodeDecodeError):
         raise
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f'{name}, line {mark.line + 1}' if mark is not None else name
         raise OptionError(f'{where}: invalid YAML: {e.problem or e}') from None
     except yaml.YAMLError as e:
-        raise OptionError(f'{name}: invalid YAML: {e}') from None
+        raise OptionError(f'{name}: invalid YAML: {str(e)[:300]}') from None
+    except RecursionError:
+        raise OptionError(f'{name}: invalid YAML: nested too deeply') from None
+    except (ValueError, TypeError, AttributeError, OverflowError, IndexError, KeyError) as e:
+        raise OptionError(f'{name}: invalid YAML value ({type(e).__name__}: {str(e)[:200]})') from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+    _check_expanded_size(data, name)
+    return data
 
 
 def load_option_file(path: str) -> OrderedDict:

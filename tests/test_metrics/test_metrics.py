@@ -115,6 +115,11 @@ def _tiny_ae(tmp_path):
     from basicsr.archs import build_network
     torch.manual_seed(0)
     net = build_network(dict(arch))
+    with torch.no_grad():  # a random AE whose output depends on its input and stays mostly in [0, 1]
+        net.decoder.conv_last.bias.fill_(0.5)
+        net.decoder.conv_last.weight.mul_(0.5)
+        for p in list(net.conv_first.parameters()) + list(net.conv_last.parameters()):
+            p.mul_(10)
     path = str(tmp_path / 'ae.pth')
     atomic_save({'params_ema': net.state_dict()}, path)
     return arch, {'path': path, 'key': 'params_ema'}, net

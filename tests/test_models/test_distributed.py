@@ -54,3 +54,71 @@ def test_auto_resume_continues_from_saved_iteration(tmp_path):
                if 'Resuming training from epoch' in p.read_text()).read_text()
     assert 'iter: 3.' in log
     assert (tmp_path / 'experiments' / 'resume_sr' / 'models' / 'net_g_6.pth').exists()
+
+
+def _deterministic(opt, data, name, batch, iters=2):
+    """Same samples on 1 process (batch 2B) and on 2 processes (B each): no random crop/flip, full images."""
+    import copy
+    opt = copy.deepcopy(opt)
+    opt['name'] = name
+    tr = opt['datasets']['train']
+    tr.update(dataroot_gt=data['gt'], dataroot_lq=data['lq'], io_backend={'type': 'disk'}, use_hflip=False,
+              use_rot=False, num_worker_per_gpu=0, batch_size_per_gpu=batch, dataset_enlarge_ratio=4)
+    tr.pop('meta_info_file', None)
+    opt['datasets'] = {'train': tr}
+    opt.pop('val', None)
+    opt['train']['total_iter'] = iters
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=iters, use_tb_logger=False)
+    return opt
+
+
+def _ddp_matches_single(tmp_path, opt_file, size, prepare):
+    data = harness.make_paired_folders(str(tmp_path / 'data'), n=4, size=size)
+    base = harness.load_options(os.path.join(harness.ROOT, 'options', 'quickstart', opt_file))
+    base['datasets']['train']['gt_size'] = size
+    prepare(base, tmp_path)
+    single, multi = tmp_path / 'single', tmp_path / 'multi'
+    single.mkdir(), multi.mkdir()
+    harness.run(harness.TRAIN, harness.write_options(str(single / 'o.yml'), _deterministic(base, data, 'm', 2)),
+                str(single))
+    path = harness.write_options(str(multi / 'o.yml'), _deterministic(base, data, 'm', 1))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29647',
+           harness.TRAIN, '-opt', path, '--launcher', 'pytorch']
+    out = subprocess.run(cmd, cwd=multi, env=harness.env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    # the losses (all-reduced over ranks) agree at every iteration
+    assert _losses(single) == pytest.approx(_losses(multi), rel=2e-3)
+    a, b = harness.load_net(str(single), 'm', 'net_g', 2), harness.load_net(str(multi), 'm', 'net_g', 2)
+    # Adam turns float noise in near-zero gradients (e.g. a conv bias right before a GroupNorm) into steps of up
+    # to lr each, on either side: weights (raw and EMA) agree to 2 * iters * lr
+    bound = 2 * 2 * float(base['train']['optim_g']['lr']) * 1.05
+    for key in a:
+        assert harness.max_abs_diff({'p': a[key]}, {'p': b[key]}) <= bound, key
+
+
+def _losses(run_dir):
+    import re
+    log = next((run_dir / 'experiments' / 'm').glob('train_*.log')).read_text()
+    values = []
+    for line in log.splitlines():
+        if 'iter:' in line and ' l_' in line:
+            values += [float(v) for v in re.findall(r' l_\w+: ([-+0-9.e]+)', line)]
+    assert values, 'no losses logged'
+    return values
+
+
+@pytest.mark.slow
+def test_aesop_autoencoder_ddp_matches_single_process(tmp_path):
+    _ddp_matches_single(tmp_path, 'aesop_autoencoder.yml', 64, lambda opt, tmp: None)
+
+
+@pytest.mark.slow
+def test_tvqrap_stage2_ddp_matches_single_process(tmp_path):
+    import torch
+    from basicsr.archs import build_network
+
+    def prepare(opt, tmp):
+        tok = build_network(dict(opt['network_tok']))
+        torch.save({'params_ema': tok.state_dict()}, str(tmp / 'tok.pth'))
+        opt['path'].update(pretrain_network_tok=str(tmp / 'tok.pth'), pretrain_network_g=None)
+    _ddp_matches_single(tmp_path, 'tvqrap_stage2.yml', 64, prepare)
