@@ -24,6 +24,7 @@ Options beyond BasicSR's:
                                 Used when a batch has no ``lq`` (``GTOnlyDataset`` with ``return_kernels``);
                                 with paired data (``lq`` in the batch) the LR is used as is.
     val.tile_size / val.tile_overlap   tiled inference on the LR (0 = off; official 768 / 80)
+    datasets.<val set>.val_metrics      names of ``val.metrics`` to compute on that set (e.g. NR metrics only)
 
 Validation: PSNR/SSIM etc. from ``val.metrics`` and, when ``net_tok`` exists and the GT is known, ``index_acc``
 = fraction of H/8 positions where the argmax index equals the tokenizer's index of the GT.
@@ -283,6 +284,23 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
         self.output = sr.float().clamp(0, 1)
         if was_training:
             net.train()
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """A dataset block may restrict ``val.metrics`` with ``val_metrics: [names]`` (e.g. no-reference metrics
+        only for a set without GT, such as RealSet65)."""
+        subset = dataloader.dataset.opt.get('val_metrics')
+        metrics = (self.opt.get('val') or {}).get('metrics')
+        if subset is None or not metrics:
+            return super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        unknown = [m for m in subset if m not in metrics]
+        if unknown:
+            raise ConfigError(f"datasets.{dataloader.dataset.opt.get('name')}.val_metrics: {unknown} are not in "
+                              f'val.metrics ({list(metrics)})')
+        self.opt['val']['metrics'] = OrderedDict((k, v) for k, v in metrics.items() if k in subset)
+        try:
+            return super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        finally:
+            self.opt['val']['metrics'] = metrics
 
     def start_validation(self) -> None:
         self.val_index_hits = torch.zeros((), dtype=torch.float64, device=self.device)
