@@ -47,9 +47,10 @@ def bicubic_down(x: torch.Tensor) -> torch.Tensor:
 
 def null_space_projection(noise: torch.Tensor, iters: int = 200) -> torch.Tensor:
     """noise - D^T (D D^T)^-1 D noise, by conjugate gradients: the part of ``noise`` that D maps to 0."""
-    def d_t(y: torch.Tensor) -> torch.Tensor:
-        x = torch.zeros_like(noise, requires_grad=True)
-        (g,) = torch.autograd.grad(bicubic_down(x), x, grad_outputs=y)
+    def d_t(y: torch.Tensor) -> torch.Tensor:  # the adjoint of D, by autograd
+        with torch.enable_grad():
+            x = torch.zeros_like(noise, requires_grad=True)
+            (g,) = torch.autograd.grad(bicubic_down(x), x, grad_outputs=y)
         return g
 
     b = bicubic_down(noise)

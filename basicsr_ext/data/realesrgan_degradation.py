@@ -77,6 +77,11 @@ def sample_realesrgan_kernels(opt: Mapping) -> dict[str, torch.Tensor]:
     return {'kernel1': torch.FloatTensor(k1), 'kernel2': torch.FloatTensor(k2), 'sinc_kernel': sinc}
 
 
+def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """BasicSR's ``filter2D`` (it ``view``s its input: DiffJPEG/interpolate outputs may be non-contiguous)."""
+    return filter2D(x.contiguous(), kernel)
+
+
 def _random_resize(x: torch.Tensor, prob, scale_range, size: tuple[int, int] | None = None,
                    base: tuple[int, int] | None = None) -> torch.Tensor:
     kind = random.choices(['up', 'down', 'keep'], prob)[0]
@@ -118,7 +123,7 @@ class RealESRGANDegradation(torch.nn.Module):
                 usm: bool = True) -> torch.Tensor:
         o = self.opt
         h, w = gt.shape[2:4]
-        out = filter2D(self.usm_sharpener(gt) if usm else gt, kernel1)
+        out = _filter(self.usm_sharpener(gt) if usm else gt, kernel1)
         # first degradation: blur, resize, noise, JPEG
         out = _random_resize(out, o['resize_prob'], o['resize_range'])
         out = _random_noise(out, o['gaussian_noise_prob'], o['noise_range'], o['poisson_scale_range'],
@@ -127,7 +132,7 @@ class RealESRGANDegradation(torch.nn.Module):
         # second degradation (TVQ&RAP: with probability second_degradation_prob)
         if np.random.uniform() < self.second_prob:
             if np.random.uniform() < o['second_blur_prob']:
-                out = filter2D(out, kernel2)
+                out = _filter(out, kernel2)
             out = _random_resize(out, o['resize_prob2'], o['resize_range2'], base=(h / self.scale, w / self.scale))
             out = _random_noise(out, o['gaussian_noise_prob2'], o['noise_range2'], o['poisson_scale_range2'],
                                 o['gray_noise_prob2'])
@@ -135,12 +140,12 @@ class RealESRGANDegradation(torch.nn.Module):
         size = (h // self.scale, w // self.scale)
         jpeg_q = out.new_zeros(out.size(0)).uniform_(*o['jpeg_range2'])
         if np.random.uniform() < 0.5:
-            out = filter2D(F.interpolate(out, size=size, mode=random.choice(['area', 'bilinear', 'bicubic'])),
+            out = _filter(F.interpolate(out, size=size, mode=random.choice(['area', 'bilinear', 'bicubic'])),
                            sinc_kernel)
             out = self.jpeger(out.clamp(0, 1), quality=jpeg_q)
         else:
             out = self.jpeger(out.clamp(0, 1), quality=jpeg_q)
-            out = filter2D(F.interpolate(out, size=size, mode=random.choice(['area', 'bilinear', 'bicubic'])),
+            out = _filter(F.interpolate(out, size=size, mode=random.choice(['area', 'bilinear', 'bicubic'])),
                            sinc_kernel)
         return (out * 255.0).round().clamp(0, 255) / 255.0
 

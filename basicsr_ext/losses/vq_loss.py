@@ -50,9 +50,19 @@ def _find(file_name: str, explicit: str | None) -> str | None:
 
 
 def _vgg16_features() -> nn.Sequential:
-    """torchvision's VGG16 ``features`` (architecture only; never downloads)."""
-    from torchvision.models import vgg16
-    return vgg16(weights=None).features[:_VGG_SLICE_ENDS[-1]]
+    """VGG16's convolutional trunk up to relu5_3, indexed as torchvision's ``vgg16().features`` (so its
+    ``features.*`` weights load directly); built here because torchvision's constructor also allocates the
+    120M-parameter classifier."""
+    layers: list[nn.Module] = []
+    in_ch = 3
+    for v in (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512):
+        if v == 'M':
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(in_ch, v, 3, padding=1), nn.ReLU(inplace=True)]
+            in_ch = v
+    assert len(layers) == _VGG_SLICE_ENDS[-1]
+    return nn.Sequential(*layers)
 
 
 class LPIPSVGG(nn.Module):

@@ -31,9 +31,10 @@ import torch
 import torch.distributed as dist
 from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.metrics import calculate_metric
-from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils import get_root_logger, tensor2img
 
 from basicsr_ext.utils.checkpoint import CheckpointError, atomic_save, load_weights_into  # noqa: F401
+from basicsr_ext.utils.image_io import write_image_atomic
 
 ENGINE_TRAIN_KEYS = ('use_amp', 'amp_dtype', 'channels_last', 'compile', 'grad_clip')
 _AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
@@ -269,8 +270,16 @@ class EngineMixin:
         self._save_best_by_key_metric(dataloader.dataset.opt['name'], current_iter)
 
     def _save_best_by_key_metric(self, dataset_name: str, current_iter: int) -> None:
-        key = (self.opt.get('val') or {}).get('key_metric')
+        """``val.key_metric`` on ``val.key_dataset`` (default: the first validation set) → net_g_best.pth."""
+        val_opt = self.opt.get('val') or {}
+        key = val_opt.get('key_metric')
         if not key or not self.opt.get('is_train') or not hasattr(self, 'best_metric_results'):
+            return
+        val_names = [d.get('name') for phase, d in (self.opt.get('datasets') or {}).items() if phase.startswith('val')]
+        key_dataset = val_opt.get('key_dataset') or (val_names[0] if val_names else dataset_name)
+        if key_dataset not in val_names and val_names:
+            raise ConfigError(f'val.key_dataset: {key_dataset!r} is not one of the validation sets {val_names}')
+        if dataset_name != key_dataset:
             return
         record = self.best_metric_results.get(dataset_name, {}).get(key)
         if record is None:
@@ -326,7 +335,7 @@ class EngineMixin:
                 else:
                     suffix = self.opt['val'].get('suffix') or self.opt['name']
                     save_path = os.path.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
-                imwrite(sr_img, save_path)
+                write_image_atomic(save_path, sr_img, channel_order='bgr')  # uint8 BGR, as BasicSR's imwrite
             metric_data = {'img': sr_img} if gt_img is None else {'img': sr_img, 'img2': gt_img}
             for i, (name, opt_) in enumerate(metrics_opt.items()):
                 data = metric_data

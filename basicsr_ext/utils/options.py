@@ -144,6 +144,46 @@ def _dict_check(opt: dict, path: str) -> None:
     opt.setdefault('num_gpu', 0)
     if opt['path'] is None:
         opt['path'] = OrderedDict()
+    _type_check(opt, path)
+
+
+def _type_check(opt: dict, path: str) -> None:
+    """The types parse_options itself relies on (a wrong one would be a TypeError/AttributeError there)."""
+    def bad(key: str, want: str, value: Any) -> OptionError:
+        return OptionError(f'{path}: option {key} must be {want}, got {type(value).__name__} {str(value)[:60]!r}')
+
+    if not isinstance(opt['name'], str) or not opt['name']:
+        raise bad('name', 'a non-empty string', opt['name'])
+    if not isinstance(opt['datasets'], dict):
+        raise bad('datasets', 'a mapping of dataset blocks', opt['datasets'])
+    for phase, ds in opt['datasets'].items():
+        if not isinstance(phase, str) or not isinstance(ds, dict):
+            raise bad(f'datasets:{phase}', 'a mapping under a string key', ds)
+        for key in ('dataroot_gt', 'dataroot_lq'):
+            if ds.get(key) is not None and not isinstance(ds[key], str):
+                raise bad(f'datasets:{phase}:{key}', 'a path', ds[key])
+    if not isinstance(opt['path'], dict):
+        raise bad('path', 'a mapping', opt['path'])
+    for key, val in opt['path'].items():
+        if not isinstance(key, str):
+            raise bad(f'path:{key}', 'under a string key', val)
+        if ('resume_state' in key or 'pretrain_network' in key) and val is not None and not isinstance(val, str):
+            raise bad(f'path:{key}', 'a path or ~', val)
+    seed = opt.get('manual_seed')
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32 - 64):
+        raise bad('manual_seed', 'an integer in [0, 2**32)', seed)
+    if opt['num_gpu'] != 'auto' and (not isinstance(opt['num_gpu'], int) or isinstance(opt['num_gpu'], bool)):
+        raise bad('num_gpu', "an integer or 'auto'", opt['num_gpu'])
+    for key in ('val', 'logger', 'train'):
+        if opt.get(key) is not None and not isinstance(opt[key], dict):
+            raise bad(key, 'a mapping', opt[key])
+    metrics = (opt.get('val') or {}).get('metrics')
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            raise bad('val:metrics', 'a mapping', metrics)
+        for name, m in metrics.items():
+            if not isinstance(m, dict):
+                raise bad(f'val:metrics:{name}', 'a mapping', m)
 
 
 def parse_options(root_path: str, is_train: bool = True):

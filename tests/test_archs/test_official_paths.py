@@ -4,7 +4,8 @@ A "released" file here is ``{'params_ema': fill(manifest)}`` (tests/golden_rule.
 shapes with the synthetic values for which the official code produced tests/data/golden. Paths covered:
 
 1. ``options/test_tvqrap.yml`` and ``options/test_aesop_autoencoder.yml`` -> BasicSR ``build_model`` (options
-   prepared by ``parse_options`` as ``basicsr_ext/test.py`` does) -> the model's test() gives the golden outputs.
+   prepared by ``parse_options`` as ``basicsr_ext/test.py`` does) -> net_g / the model's test() give the golden
+   outputs; the AESOP generator test options and the CLI ``--opt`` load the released RRDBNet / SwinIR layouts.
 2. The AESOP loss block of ``options/train_aesop_rrdb.yml`` (``autoencoder_load: {path, key}``); the tokenizer
    checkpoint of stages II/III (``path.pretrain_network_tok`` -> ``net_tok``, ``network_g.tokenizer_path``).
 3. The inference CLI ``--arch TVQRAPNet --weights <released file>`` on PNG inputs, one log line for the layout.
@@ -33,7 +34,12 @@ from basicsr.models import build_model
 
 from basicsr_ext.archs.aesop_arch import AESOPAutoEncoder
 from basicsr_ext.archs.tvq_arch import TVQTokenizer
-from basicsr_ext.archs.tvqrap_arch import OFFICIAL_LAYOUT, OFFICIAL_UNUSED_PREFIXES, TOKENIZER_PREFIXES, TVQRAPNet
+from basicsr_ext.archs.tvqrap_arch import (
+    OFFICIAL_LAYOUT,
+    OFFICIAL_UNUSED_PREFIXES,
+    TOKENIZER_PREFIXES,
+    TVQRAPNet,
+)
 from basicsr_ext.losses.aesop_loss import load_frozen_autoencoder
 from basicsr_ext.utils.checkpoint import CheckpointError, atomic_save, load_weights_into
 from basicsr_ext.utils.image_io import read_image, write_image_atomic
@@ -134,8 +140,6 @@ def _build_model_logged(opt: dict):
 @pytest.fixture(scope='module')
 def tvqrap_model(released, tmp_path_factory):
     """options/test_tvqrap.yml with the released SR file as net_g and the released tokenizer as net_tok."""
-    if not TVQRAP_TEST_OPT.is_file():
-        pytest.fail(f'{TVQRAP_TEST_OPT} is missing: the TVQ&RAP test option file is the documented user path')
     opt = load_option_file(str(TVQRAP_TEST_OPT))
     assert opt['model_type'] == 'TVQRAPModel' and opt['network_g']['type'] == 'TVQRAPNet'
     opt['path'].update(pretrain_network_g=released.sr, param_key_g='params_ema', strict_load_g=True)
@@ -159,6 +163,15 @@ def test_tvqrap_test_options_load_the_released_file_with_one_log_line(tvqrap_mod
     assert all(k.startswith(OFFICIAL_UNUSED_PREFIXES) for k in set(released.sr_sd) - set(own))
 
 
+@torch.no_grad()
+def _unpadded_sr(net: TVQRAPNet, lr01: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """TVQRAPNet.forward without its padding (input sides multiples of 32): (predict dict, indices, SR [0, 1])."""
+    pred = net.predict(lr01)
+    b, _, h, w = pred['structure_feature'].shape
+    indices = pred['logits'].argmax(-1).view(b, h, w)
+    return pred, indices, (net.decode_features(pred['structure_feature'], net.quantize.lookup(indices)) + 1) / 2
+
+
 def test_tvqrap_test_options_reproduce_the_golden_sr(tvqrap_model):
     """net_g (and net_g_ema if any) of the test options on the golden LR: indices identical, SR within 1e-3.
 
@@ -170,10 +183,7 @@ def test_tvqrap_test_options_reproduce_the_golden_sr(tvqrap_model):
     case = load_golden('tvqrap_sr')['cases'][0]
     for wrapped in [model.net_g] + ([model.net_g_ema] if hasattr(model, 'net_g_ema') else []):
         net = model.get_bare_model(wrapped).eval()
-        with torch.no_grad():
-            pred = net.predict(case['input_01'])
-            indices = pred['logits'].argmax(-1).view(1, 16, 16)
-            sr01 = (net.decode_features(pred['structure_feature'], net.quantize.lookup(indices)) + 1) / 2
+        pred, indices, sr01 = _unpadded_sr(net, case['input_01'])
         assert torch.equal(indices, case['indices'])
         assert _maxabs(pred['logits'], case['logits']) <= TOL
         assert _maxabs(pred['structure_latent_pred'], case['structure_latent_pred']) <= TOL
@@ -205,11 +215,12 @@ def test_aesop_autoencoder_test_options_reproduce_the_golden_outputs(ae_model, r
 @pytest.mark.parametrize('yml, manifest, released_name', [
     ('test_aesop_rrdb.yml', 'aesop_rrdbnet_generator', 'AESOP_RRDB128_290K.pth'),
     ('test_aesop_swinir.yml', 'aesop_swinir_m_x4_generator', 'AESOP_SwinIR256_190K.pth')])
-def test_aesop_generator_test_options_load_the_released_layout(yml, manifest, released_name, tmp_path, capsys):
+def test_aesop_generator_test_options_load_the_released_layout(yml, manifest, released_name, released, tmp_path,
+                                                               capsys):
     """The AESOP generators are BasicSR's RRDBNet / SwinIR: the test options and the CLI ``--opt`` load a file in
     the released layout strictly (every tensor filled; no golden needed, BasicSR's forward is the official one)."""
     sd = fill(manifest)
-    path = str(tmp_path / released_name)
+    path = str(released.dir / released_name)  # big files live in the module folder (removed at the end)
     atomic_save({'params_ema': sd}, path)
     opt = load_option_file(str(OPTIONS / yml))
     assert opt['path']['param_key_g'] == 'params_ema' and opt['path'].get('strict_load_g', True) is True
@@ -313,17 +324,17 @@ def test_infer_cli_with_the_released_file(tvqrap_model, released, tmp_path, caps
     sr8, info8 = read_image(str(out_dir / 'golden8_out.png'))
     assert info8.bit_depth == 8 and sr8.shape == (128, 128, 3)
     lr8, _ = read_image(str(src / 'golden8.png'))
-    net = tvqrap_model[0].get_bare_model(tvqrap_model[0].net_g)
-    with torch.no_grad():
-        ref = net(torch.from_numpy(lr8).permute(2, 0, 1)[None].float())[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    net = tvqrap_model[0].get_bare_model(tvqrap_model[0].net_g)  # same weights (pad_multiple 64 there: no forward)
+    ref = _unpadded_sr(net, torch.from_numpy(lr8).permute(2, 0, 1)[None].float())[2]
+    ref = ref[0].clamp(0, 1).permute(1, 2, 0).numpy()
     assert np.abs(sr8 - ref).max() <= 1 / 255 + TOL
 
 
 # ------------------------------------------------------------------------------------------------ 4. variants
-def test_params_only_and_trimmed_release_loads_at_paper_size(tvqrap_model, released, tmp_path):
+def test_params_only_and_trimmed_release_loads_at_paper_size(tvqrap_model, released):
     """A file with only ``params`` and without the unused CodeFormer subtrees: the same weights as the full file."""
     trimmed = {k: v for k, v in released.sr_sd.items() if not k.startswith(OFFICIAL_UNUSED_PREFIXES)}
-    path = str(tmp_path / 'trimmed_params_only.pth')
+    path = str(released.dir / 'trimmed_params_only.pth')
     atomic_save({'params': trimmed}, path)
     logger, handler = _logger()
     net = load_weights_into(TVQRAPNet(), path, 'params_ema', True, logger)
@@ -344,23 +355,22 @@ def _logger() -> tuple[logging.Logger, ListHandler]:
     return logger, handler
 
 
+TINY_AE = {'num_feat': 16, 'num_block': 1, 'num_grow_ch': 4,
+           'dec_opt': {'num_feat': 8, 'num_block': 1, 'num_grow_ch': 4}}
+#: tiny nets of the three classes; the AE one holds both copies of the encoder, as the released AE files
+TINY_NETS = {'TVQRAPNet': lambda: TVQRAPNet(**TINY_SR), 'TVQTokenizer': lambda: TVQTokenizer(**TINY_TOKENIZER),
+             'AESOPAutoEncoder': lambda: AESOPAutoEncoder(**TINY_AE)}
+
+
 def _tiny(arch: str) -> tuple[torch.nn.Module, dict]:
     """(fresh tiny net, a different tiny state dict in the official layout of ``arch``)."""
     torch.manual_seed(1)
-    if arch == 'TVQRAPNet':  # the official CodeFormer carries the whole tokenizer, then the SR parts
-        official = dict(TVQTokenizer(**TINY_TOKENIZER).state_dict())
-        official.update(TVQRAPNet(**TINY_SR).state_dict())
-        make = lambda: TVQRAPNet(**TINY_SR)  # noqa: E731
-    elif arch == 'TVQTokenizer':
-        official = dict(TVQTokenizer(**TINY_TOKENIZER).state_dict())
-        make = lambda: TVQTokenizer(**TINY_TOKENIZER)  # noqa: E731
-    else:  # both copies of the encoder, as the released AE files
-        kw = dict(num_feat=16, num_block=1, num_grow_ch=4, dec_opt={'num_feat': 8, 'num_block': 1, 'num_grow_ch': 4})
-        official = dict(AESOPAutoEncoder(**kw).state_dict())
-        make = lambda: AESOPAutoEncoder(**kw)  # noqa: E731
+    official = dict(TINY_NETS[arch]().state_dict())
+    if arch == 'TVQRAPNet':  # the official CodeFormer also carries the whole tokenizer
+        official = dict(TVQTokenizer(**TINY_TOKENIZER).state_dict(), **official)
     official = {k: v.clone() for k, v in official.items()}
     torch.manual_seed(2)
-    return make(), official
+    return TINY_NETS[arch](), official
 
 
 ARCHS = ['TVQRAPNet', 'TVQTokenizer', 'AESOPAutoEncoder']
@@ -463,11 +473,10 @@ def test_damaged_releases_refused(arch, kind, tmp_path):
 @pytest.mark.parametrize('kind', ['missing', 'shape', 'pickle'])
 def test_aesop_loss_and_tokenizer_options_refuse_damaged_files(kind, tmp_path):
     """The two option paths with their own loaders (AESOPLoss autoencoder_load, TVQRAPNet.load_tokenizer)."""
-    tiny_ae = dict(num_feat=16, num_block=1, num_grow_ch=4, dec_opt={'num_feat': 8, 'num_block': 1, 'num_grow_ch': 4})
     _, ae_sd = _tiny('AESOPAutoEncoder')
     path, expect = _bad_file(kind, 'AESOPAutoEncoder', ae_sd, tmp_path)
     with pytest.raises(CheckpointError) as err:
-        load_frozen_autoencoder(dict(tiny_ae, type='AESOPAutoEncoder'), {'path': path, 'key': 'params_ema'})
+        load_frozen_autoencoder(dict(TINY_AE, type='AESOPAutoEncoder'), {'path': path, 'key': 'params_ema'})
     assert path in str(err.value) and all(s in str(err.value) for s in expect), err.value
 
     _, tok_sd = _tiny('TVQTokenizer')
