@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 
 .PHONY: venv quickstart test test-fast clean
 
-$(BIN)/.installed: requirements.txt setup.py
+$(BIN)/.installed: requirements.txt constraints.txt setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q setuptools==80.10.2 wheel
-	$(BIN)/pip install -q --no-build-isolation -r requirements.txt
+	$(BIN)/pip install -q --no-build-isolation -r requirements.txt -c constraints.txt
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -19,7 +19,7 @@ quickstart: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/quickstart.py
 
 test: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
 clean:
 	rm -rf $(VENV) quickstart_out

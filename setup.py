@@ -25,7 +25,7 @@ setup(
     ],
     extras_require={
         'metrics': ['pyiqa>=0.1.13', 'facexlib>=0.3.0', 'setuptools<81'],
-        'test': ['pytest>=7'],
+        'test': ['pytest>=7', 'pytest-xdist>=3'],
     },
     entry_points={'console_scripts': [
         'basicsr-ext-train=basicsr_ext.train:main',

@@ -1,7 +1,7 @@
 """Super-resolve an image or a folder: ``basicsr-ext-infer -i IN -o OUT --opt X.yml`` (or ``--arch``).
 
     basicsr-ext-infer -i photo.png -o out/ --opt options/test_aesop_rrdb.yml --weights net_g_best.pth
-    basicsr-ext-infer -i lr_folder/ -o out/ --arch RRDBNet --arch-opt num_block=23 --weights ESRGAN.pth --tile 256
+    basicsr-ext-infer -i lr_folder/ -o out/ --arch RRDBNet --arch-opt num_in_ch=3 num_out_ch=3 num_block=23 --weights ESRGAN.pth --tile 256
     python basicsr_ext/infer.py --help
 
 - Network: ``--opt`` reads ``network_g`` (and ``path.pretrain_network_g`` / ``param_key_g`` / ``scale``) from an

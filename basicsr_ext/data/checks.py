@@ -419,9 +419,15 @@ def _describe_sample(dataset: Any, index: int) -> str:
 def _named_getitem(self, index):
     """An exception while loading a sample becomes a DatasetError naming the sample and the dataset."""
     try:
-        return self._checked_base.__getitem__(self, index)
-    except DatasetError:
-        raise
+        sample = self._checked_base.__getitem__(self, index)
+        _check_pair_shapes(self, sample)
+        return sample
+    except DatasetError as e:
+        if 'cannot load sample' in str(e):
+            raise
+        opt = getattr(self, 'opt', {}) or {}
+        raise DatasetError(f"dataset {opt.get('name', '?')!r} ({opt.get('type', type(self).__name__)}): cannot load "
+                           f'sample {index} ({_describe_sample(self, index)}): {e}') from None
     except Exception as e:
         if isinstance(e, IndexError) and isinstance(index, int) and not 0 <= index < len(self):
             raise
@@ -432,6 +438,18 @@ def _named_getitem(self, index):
             hint = ' (the image bytes could not be read or decoded: missing LMDB key, truncated or corrupt file)'
         raise DatasetError(f'{label}: cannot load sample {index} ({_describe_sample(self, index)}): '
                            f'{type(e).__name__}: {str(e)[:300]}{hint}') from e
+
+
+def _check_pair_shapes(dataset: Any, sample: Any) -> None:
+    """A sample with both ``gt`` and ``lq`` tensors must have GT = LQ x scale (BasicSR only checks in training)."""
+    if not isinstance(sample, Mapping) or 'gt' not in sample or 'lq' not in sample:
+        return
+    gt, lq = sample['gt'], sample['lq']
+    scale = (getattr(dataset, 'opt', None) or {}).get('scale')
+    if not isinstance(scale, int) or getattr(gt, 'ndim', 0) < 2 or getattr(lq, 'ndim', 0) < 2:
+        return
+    if tuple(gt.shape[-2:]) != (lq.shape[-2] * scale, lq.shape[-1] * scale):
+        raise DatasetError(f'GT {tuple(gt.shape[-2:])} is not LQ {tuple(lq.shape[-2:])} x {scale}')
 
 
 def _named_reduce(self):
@@ -488,6 +506,43 @@ def checked_build_dataset(dataset_opt: Mapping[str, Any], _build: Callable | Non
 _ORIGINAL: dict[str, Callable] = {}
 
 
+def safe_imfrombytes(content: Any, flag: str = 'color', float32: bool = False) -> Any:
+    """BasicSR's ``imfrombytes`` with errors instead of ``None`` surprises, and the pixel limit of ``read_image``.
+
+    ``None`` bytes (a key missing from an LMDB) and undecodable bytes raise DatasetError (the sample wrapper adds
+    the dataset and path); a header declaring more than :func:`~basicsr_ext.utils.image_io.get_max_pixels` pixels
+    is refused before OpenCV allocates it. Valid images decode exactly as in BasicSR.
+    """
+    import io
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from basicsr_ext.utils.image_io import get_max_pixels
+    if content is None:
+        raise DatasetError('no image bytes (a key missing from the LMDB, or an unreadable file)')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with Image.open(io.BytesIO(content)) as im:
+                w, h = im.size
+    except Exception:  # noqa: BLE001 - PIL does not know every format OpenCV reads: leave it to OpenCV
+        w = h = 0
+    if w * h > get_max_pixels():
+        raise DatasetError(f'image header declares {w}x{h} pixels, over the limit {get_max_pixels()}')
+    flags = {'color': cv2.IMREAD_COLOR, 'grayscale': cv2.IMREAD_GRAYSCALE, 'unchanged': cv2.IMREAD_UNCHANGED}
+    try:
+        img = cv2.imdecode(np.frombuffer(content, np.uint8), flags[flag])
+    except cv2.error:
+        img = None
+    if img is None:
+        raise DatasetError(f'cannot decode {len(content)} image bytes (truncated or corrupt)')
+    if float32:
+        img = img.astype(np.float32) / 255.
+    return img
+
+
 def install() -> None:
     """Replace ``build_dataset`` in ``basicsr.data``, ``basicsr.train`` and ``basicsr.test`` (idempotent)."""
     import basicsr.data as bdata
@@ -504,3 +559,14 @@ def install() -> None:
     build_dataset.__doc__ = checked_build_dataset.__doc__
     for mod in (bdata, btrain, btest):
         mod.build_dataset = build_dataset
+
+    import sys
+
+    import basicsr.utils as butils
+    import basicsr.utils.img_util as bimg
+    original = bimg.imfrombytes
+    for name, mod in list(sys.modules.items()):
+        if (name in ('basicsr.utils', 'basicsr.utils.img_util') or name.startswith(('basicsr.data.', 'basicsr_ext.data.')))\
+                and getattr(mod, 'imfrombytes', None) is original:
+            mod.imfrombytes = safe_imfrombytes
+    butils.imfrombytes = bimg.imfrombytes = safe_imfrombytes

@@ -2,6 +2,7 @@
 through BasicSR's train pipeline on CPU, save and resume exactly (codebook, discriminator, EMA, dead-code counts);
 stage-II targets are the tokenizer's own encoding of the GT; inconsistent options are refused at build."""
 import copy
+import logging
 import os
 import sys
 
@@ -53,20 +54,37 @@ def reduce_options(file: str, assets: dict, name: str, total_iter: int) -> dict:
     return opt
 
 
+LOGS: dict[str, list[str]] = {}
+
+
+class _Collect(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
 def train(opt: dict, cwd, *flags: str) -> str:
+    """BasicSR's train pipeline in this process (log lines kept in LOGS[experiment folder])."""
     from basicsr.train import train_pipeline
     path = write_options(str(cwd / f"{opt['name']}.yml"), opt)
+    exp = os.path.join(str(cwd), 'experiments', opt['name'])
+    handler = _Collect(LOGS.setdefault(exp, []))
+    logging.getLogger('basicsr').addHandler(handler)
     argv = sys.argv
     sys.argv = ['train.py', '-opt', path, *flags]
     try:
         train_pipeline(str(cwd))
     finally:
         sys.argv = argv
-    return os.path.join(str(cwd), 'experiments', opt['name'])
+        logging.getLogger('basicsr').removeHandler(handler)
+    return exp
 
 
 def read_log(exp: str) -> str:
-    return ''.join(open(os.path.join(exp, f)).read() for f in sorted(os.listdir(exp)) if f.endswith('.log'))
+    return '\n'.join(LOGS.get(exp, []))
 
 
 def train_then_resume(opt: dict, cwd) -> tuple[str, dict, dict]:
