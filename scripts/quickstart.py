@@ -228,13 +228,15 @@ def write_option(opt: dict, path: str) -> None:
     os.replace(path + '.tmp', path)
 
 
-def run_logged(cmd: list[str], cwd: str, log_path: str, log=print) -> tuple[int, float]:
+def run_logged(cmd: list[str], cwd: str, log_path: str, log=print, threads: int | None = None) -> tuple[int, float]:
     """Run ``cmd`` in ``cwd``, stdout+stderr to ``log_path``; (return code, seconds)."""
     os.makedirs(osp.dirname(log_path), exist_ok=True)
     shown = ' '.join(osp.relpath(c, cwd) if osp.isabs(c) and c.startswith(ROOT) else c for c in cmd[1:])
     log(f'  $ python {shown}')
     env = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', PYTHONPATH=ROOT + os.pathsep +
                os.environ.get('PYTHONPATH', ''))
+    if threads:
+        env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(threads)
     t0 = time.time()
     with open(log_path, 'w') as f:
         rc = subprocess.call(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -282,7 +284,7 @@ def bicubic_row(out: str) -> tuple[float, float]:
 # main
 # ----------------------------------------------------------------------------------------------------------
 def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float = 1.0, rebuild_data: bool = False,
-                   log=print) -> list[dict]:
+                   log=print, threads: int | None = None) -> list[dict]:
     """Data, then each stage's steps in order (train, then test the labelled ones). Returns the table rows."""
     from basicsr_ext.utils.options import load_option_file
     out = osp.abspath(out)
@@ -307,7 +309,7 @@ def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float
             force = scaled_overrides(train_opt, iters_scale)
             if force:
                 cmd += ['--force_yml', *force]
-            rc, secs = run_logged(cmd, out, osp.join(out, 'logs', f'{base}.log'), log)
+            rc, secs = run_logged(cmd, out, osp.join(out, 'logs', f'{base}.log'), log, threads)
             log(f'    train {base}: {"ok" if rc == 0 else f"FAILED (exit {rc})"} in {secs:.0f} s')
             if rc != 0:
                 log(_tail(osp.join(out, 'logs', f'{base}.log')))
@@ -323,7 +325,7 @@ def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float
                 write_option(generic_test_option(train_opt), test_path)
             test_opt = load_option_file(test_path)
             rc, _ = run_logged([sys.executable, TEST_SCRIPT, '-opt', test_path], out,
-                               osp.join(out, 'logs', f'test_{base}.log'), log)
+                               osp.join(out, 'logs', f'test_{base}.log'), log, threads)
             sr_dir = osp.join('results', test_opt['name'], 'visualization', 'quickstart_val')
             row = dict(method=step.label, psnr=None, ssim=None, train_s=secs, folder=sr_dir, status='ok')
             if rc != 0:
@@ -360,13 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--iters-scale', type=float, default=1.0,
                         help='multiply every total_iter (and val/checkpoint frequencies) by this')
     parser.add_argument('--rebuild-data', action='store_true', help='remake the dataset even if up to date')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='OMP_NUM_THREADS for the train/test runs (default: torch decides); use 1 on a busy machine')
     args = parser.parse_args(argv)
     if not (args.iters_scale > 0 and math.isfinite(args.iters_scale)):
         parser.error('--iters-scale must be a positive number')
     t0 = time.time()
     try:
         rows = run_quickstart(args.out, args.stages, args.iters_scale, args.rebuild_data,
-                              log=lambda m: print(m, flush=True))
+                              log=lambda m: print(m, flush=True), threads=args.threads)
     except DatasetError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -37,7 +37,9 @@ class AESOPAutoEncoder(nn.Module):
             must be 4.
         enc_opt: accepted and ignored: the official configs pass a placeholder ``{placeholder: 0}`` here, and
             the official encoder has no options. Set the encoder size with the arguments below instead.
-        num_feat: encoder width after the two unshuffles (64 official; must be divisible by 16).
+        num_feat: encoder width after the two unshuffles (64 official; must be divisible by 16). The image
+            passes ``conv_first`` through ``num_feat // 16`` full-resolution channels: keep num_feat >= 48,
+            or colour cannot get through (16 gives a one-channel, colour-blind encoder).
         num_block: RRDB blocks in the encoder body (2 official).
         num_grow_ch: RRDB growth channels in the encoder body (32 official).
         num_in_ch: image channels (3).

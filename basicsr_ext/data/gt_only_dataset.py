@@ -7,7 +7,8 @@ images); stages II/III take the largest centred square and resize it with INTER_
 from __future__ import annotations
 
 import os.path as osp
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import cv2
 import numpy as np

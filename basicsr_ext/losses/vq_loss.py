@@ -85,7 +85,7 @@ class LPIPSVGG(nn.Module):
             p.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> 'LPIPSVGG':  # always frozen, eval mode
+    def train(self, mode: bool = True) -> LPIPSVGG:  # always frozen, eval mode
         return super().train(False)
 
     def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:

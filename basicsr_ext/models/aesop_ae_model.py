@@ -20,8 +20,8 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from basicsr_ext.models.aesop_model import crop_to, pad_to_multiple
 from basicsr_ext.models.engine import ConfigError, EngineMixin
+from basicsr_ext.utils.tiling import crop_to, pad_to_multiple
 
 _LR_KEYS = ('pixel_at_lr_opt', 'pixel_at_LR_opt')
 
@@ -92,12 +92,12 @@ class AESOPAutoEncoderModel(EngineMixin, SRModel):
         A dataset without ``gt`` (e.g. HR folders read as ``lq``, as the official AE test config does) feeds
         ``lq`` as the AE input, without an LR reference.
         """
-        if 'gt' in data:
-            self.gt = data['gt'].to(self.device)
-            self.lq = data['lq'].to(self.device) if 'lq' in data else None
-        else:
-            self.gt = data['lq'].to(self.device)
-            self.lq = None
+        lq = data.get('lq') if 'gt' in data else None
+        self.gt = (data['gt'] if 'gt' in data else data['lq']).to(self.device)
+        if lq is not None:
+            self.lq = lq.to(self.device)
+        elif hasattr(self, 'lq'):
+            del self.lq
 
     # ---- training --------------------------------------------------------------------------------------------
     def optimize_parameters(self, current_iter: int) -> None:
@@ -111,7 +111,7 @@ class AESOPAutoEncoderModel(EngineMixin, SRModel):
         loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
         l_total = loss_dict['l_pix']
         if self.cri_pix_lr is not None:
-            if self.lq is None:
+            if getattr(self, 'lq', None) is None:
                 raise ConfigError('train.pixel_at_lr_opt needs a paired dataset (lq = bicubic LR of gt)')
             loss_dict['l_pix_lr'] = self.cri_pix_lr(self.bottleneck, self.lq)
             l_total = l_total + loss_dict['l_pix_lr']

@@ -23,28 +23,9 @@ from basicsr.models.realesrgan_model import RealESRGANModel
 from basicsr.models.srgan_model import SRGANModel
 from basicsr.utils import DiffJPEG, USMSharp
 from basicsr.utils.registry import MODEL_REGISTRY
-from torch.nn import functional as F
 
 from basicsr_ext.models.engine import ConfigError, EngineMixin
-
-def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = 'reflect') -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad the bottom/right of (N, C, H, W) to multiples of ``multiple``; returns (padded, (H, W)).
-
-    Reflect padding as BasicSR's SwinIRModel; replicate where the image is too small to reflect.
-    """
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x, (h, w)
-    if mode == 'reflect' and (ph >= h or pw >= w):
-        mode = 'replicate'
-    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
-
-
-def crop_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Top-left (h, w) crop of (N, C, H, W): undoes :func:`pad_to_multiple` (sizes times the scale)."""
-    return x[..., :h, :w]
-
+from basicsr_ext.utils.tiling import crop_to, pad_to_multiple
 
 #: the LDL artifact map's local window (LDL and AESOP use 7)
 ARTIFACT_KSIZE = 7

@@ -151,6 +151,18 @@ class VQGANTrainingMixin:
         for p in self.net_g_ema.parameters():
             p.requires_grad_(False)
 
+    @torch.no_grad()
+    def model_ema(self, decay: float = 0.999) -> None:
+        """BasicSR's parameter EMA, except that frozen parameters (the SR net's codebook and decoder) are copied:
+        ``x * d + x * (1 - d)`` drifts by rounding, which would slowly move the frozen decoder of ``params_ema``."""
+        net_g = self.get_bare_model(self.net_g)
+        ema = dict(self.net_g_ema.named_parameters())
+        for name, p in net_g.named_parameters():
+            if p.requires_grad:
+                ema[name].mul_(decay).add_(p, alpha=1 - decay)
+            else:
+                ema[name].copy_(p)
+
     def setup_optimizer_g(self) -> None:
         optim_g = dict(self.opt['train']['optim_g'])
         self.optimizer_g = self.get_optimizer(optim_g.pop('type'), build_optimizer_params(self.net_g), **optim_g)

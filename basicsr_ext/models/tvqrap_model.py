@@ -199,8 +199,11 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
 
     # ---- training ----------------------------------------------------------------------------------------
     def optimize_parameters(self, current_iter: int) -> None:
-        targets = self.tokenizer_targets(self.gt)
-        idx_gt = targets['indices'].flatten(1)
+        # RAP needs the tokenizer's indices only for the optional CE term and for logging index_acc
+        print_freq = int((self.opt.get('logger') or {}).get('print_freq', 1) or 1)
+        need_targets = self.stage == 'code' or self.ce_weight_rap or current_iter % print_freq == 0
+        targets = self.tokenizer_targets(self.gt) if need_targets else None
+        idx_gt = targets['indices'].flatten(1) if need_targets else None
         lq = self.to_memory_format(self.lq)
         loss_dict = OrderedDict()
         self.optimizer_g.zero_grad(set_to_none=True)
@@ -244,7 +247,7 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
             if use_gan:
                 self.discriminator_step(self.gt, sr01, loss_dict, current_iter)
         self.scaler_update()
-        with torch.no_grad():
+        if idx_gt is not None:
             loss_dict['index_acc'] = (logits.detach().argmax(-1) == idx_gt).float().mean()
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
@@ -271,7 +274,8 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
                 sr = tiled_forward(lambda x: bare(self.to_memory_format(x)), self.lq, scale, tile, overlap,
                                    self._sr_multiple(net))
             else:
-                multiple = math.lcm(self._sr_multiple(net), max(1, size_multiple(self.net_tok, 128) // scale))
+                multiple = math.lcm(getattr(bare, 'pad_multiple', None) or self._sr_multiple(net),
+                                    max(1, size_multiple(self.net_tok, 128) // scale))
                 lq, _ = pad_to_multiple(self.lq, multiple)
                 out = bare.forward_ste(self.to_memory_format(lq))
                 sr = crop_to(out['sr01'], h * scale, w * scale)

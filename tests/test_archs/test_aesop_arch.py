@@ -38,7 +38,8 @@ def test_encoder_modules_are_registered_twice_as_in_the_official_class():
     net = tiny()
     assert net.encoder[0] is net.conv_first and net.encoder[2] is net.body and net.encoder[3] is net.conv_last
     keys = list(net.state_dict())
-    assert keys[0].startswith('decoder.') and 'encoder.2.0.rdb1.conv1.weight' in keys and 'body.0.rdb1.conv1.weight' in keys
+    assert keys[0].startswith('decoder.')
+    assert 'encoder.2.0.rdb1.conv1.weight' in keys and 'body.0.rdb1.conv1.weight' in keys
     # each parameter once for optimizers / EMA
     assert len(list(net.parameters())) == len({id(p) for p in net.parameters()})
 

@@ -59,7 +59,7 @@ def test_center_square_resize_is_area_resize_of_the_centre_square_in_rgb(folder)
 
 
 def test_lmdb_matches_folder(folder, tmp_path):
-    root, imgs = folder
+    root, _ = folder
     lmdb_path = str(tmp_path / 'gt.lmdb')
     make_lmdb_from_imgs(str(root), lmdb_path, ['a.png', 'b.png'], ['a', 'b'])
     disk = build_dataset(_opt(root, resize_mode='none', phase='val'))

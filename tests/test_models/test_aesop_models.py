@@ -12,7 +12,7 @@ from basicsr.archs.rrdbnet_arch import RRDBNet
 from basicsr.models import build_model
 
 from basicsr_ext.archs.aesop_arch import AESOPAutoEncoder
-from basicsr_ext.models.aesop_model import AESOPESRGANModel, crop_to, pad_to_multiple
+from basicsr_ext.models.aesop_model import AESOPESRGANModel
 from basicsr_ext.models.engine import ConfigError
 from basicsr_ext.utils.checkpoint import atomic_save, load_checkpoint
 from tests.harness import ROOT, load_options, make_paired_folders, write_options
@@ -186,12 +186,7 @@ def test_missing_ae_checkpoint_fails_at_build_naming_the_path(aesop_rrdb, tmp_pa
 
 
 # ---- pieces ----------------------------------------------------------------------------------------------------
-def test_pad_and_crop_round_trip_and_swinir_validation_size(assets):
-    x = torch.rand(1, 3, 18, 13)
-    padded, (h, w) = pad_to_multiple(x, 8)
-    assert padded.shape[-2:] == (24, 16) and torch.equal(crop_to(padded, h, w), x)
-    tiny, (h, w) = pad_to_multiple(torch.rand(1, 3, 3, 3), 8)  # too small to reflect
-    assert tiny.shape[-2:] == (8, 8) and (h, w) == (3, 3)
+def test_swinir_validation_pads_to_the_window_and_crops_back(assets):
     opt = reduce_options(load_options(os.path.join(OPTIONS, 'train_aesop_swinir.yml')), assets)
     model = build(opt)
     assert isinstance(model, AESOPESRGANModel)
@@ -199,3 +194,92 @@ def test_pad_and_crop_round_trip_and_swinir_validation_size(assets):
     model.lq = torch.from_numpy(np.ascontiguousarray(lq[..., ::-1].transpose(2, 0, 1))).float()[None] / 255
     model.test()
     assert model.output.shape[-2:] == (72, 72)
+
+
+def test_decoder_init_and_freeze_decoder_until_iteration(assets):
+    opt = reduce_options(load_options(os.path.join(OPTIONS, 'train_aesop_autoencoder.yml')), assets)
+    opt['train']['freeze_decoder'] = 1
+    model = build(opt)
+    decoder = model.net_g.decoder
+    for k, v in assets['decoder_sd'].items():  # path.pretrain_network_decoder, before the EMA copy
+        assert torch.equal(decoder.state_dict()[k], v) and torch.equal(model.net_g_ema.decoder.state_dict()[k], v)
+    data = {'gt': torch.rand(2, 3, 32, 32), 'lq': torch.rand(2, 3, 8, 8)}
+    enc0 = model.net_g.conv_first[0].weight.detach().clone()
+    model.feed_data(data)
+    model.optimize_parameters(1)  # frozen: only the encoder moves
+    assert set(model.log_dict) == {'l_pix', 'l_pix_lr'}
+    assert all(torch.equal(decoder.state_dict()[k], v) for k, v in assets['decoder_sd'].items())
+    assert not torch.equal(model.net_g.conv_first[0].weight, enc0)
+    model.optimize_parameters(2)  # unfrozen from iteration 2
+    assert not torch.equal(decoder.conv_first.weight, assets['decoder_sd']['conv_first.weight'])
+
+
+@pytest.mark.parametrize('file,use_amp', [('train_aesop_rrdb.yml', False), ('train_aesop_rrdb.yml', True),
+                                          ('train_ldl_rrdb.yml', False)])
+def test_generator_loss_terms_frozen_ae_and_fp32_under_amp(file, use_amp, assets):
+    opt = reduce_options(load_options(os.path.join(OPTIONS, file)), assets)
+    opt['train']['use_amp'] = use_amp
+    model = build(opt)
+    model.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 128, 128)})
+    ae = model.cri_aesop.autoencoder if model.cri_aesop else None
+    dtypes = []
+    if ae is not None:
+        ae.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+        before = {k: v.clone() for k, v in ae.state_dict().items()}
+    model.optimize_parameters(1)
+    expect = {'l_g_aesop', 'l_g_ldl', 'l_g_gan'} if ae is not None else {'l_g_pix', 'l_g_ldl', 'l_g_gan'}
+    assert expect <= set(model.log_dict) and not ({'l_g_pix', 'l_g_aesop'} - expect) & set(model.log_dict)
+    assert all(np.isfinite(v) for v in model.log_dict.values())
+    if ae is not None:
+        assert dtypes == [torch.float32, torch.float32]
+        assert all(torch.equal(v, before[k]) for k, v in ae.state_dict().items())
+        in_opt = {id(p) for group in model.optimizer_g.param_groups for p in group['params']}
+        assert not any(id(p) in in_opt for p in ae.parameters())
+
+
+def test_realworld_loss_targets_follow_the_official_setting(assets):
+    opt = reduce_options(load_options(os.path.join(OPTIONS, 'train_aesop_realworld.yml')), assets)
+    model = build(opt)
+    model.gt, model.gt_usm = torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)
+    t = model.loss_targets()
+    assert t['aesop'] is model.gt and t['gan'] is model.gt and t['percep'] is model.gt_usm
+
+
+@pytest.mark.parametrize('file', ['test_aesop_autoencoder.yml', 'test_aesop_rrdb.yml', 'test_aesop_swinir.yml'])
+def test_test_option_files_run_the_test_pipeline(file, assets, tmp_path, monkeypatch):
+    """Reduced to one tiny set and offline metrics; SwinIR validates on an 18x18 LR (padded to 24)."""
+    from basicsr.archs import build_network
+    from basicsr.test import test_pipeline
+    opt = load_options(os.path.join(OPTIONS, file))
+    opt['num_gpu'] = 0
+    first = next(iter(opt['datasets'].values()))
+    first.update(dataroot_gt=assets['val']['gt'], dataroot_lq=assets['val']['lq'])
+    opt['datasets'] = {'test_1': first}
+    opt['val']['metrics'] = {k: v for k, v in opt['val']['metrics'].items() if k in ('psnr', 'ssim')}
+    net_opt = copy.deepcopy(TINY_AE) if opt['network_g']['type'] == 'AESOPAutoEncoder' else \
+        {**opt['network_g'], **TINY_NETS[opt['network_g']['type']]}
+    opt['network_g'] = net_opt
+    net = build_network(copy.deepcopy(net_opt))
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'net.pth')
+    atomic_save({'params_ema': net.state_dict()}, opt['path']['pretrain_network_g'])
+    path = write_options(str(tmp_path / file), opt)
+    monkeypatch.setattr(sys, 'argv', ['test.py', '-opt', path])
+    test_pipeline(str(tmp_path))
+    out = tmp_path / 'results' / opt['name'] / 'visualization' / first['name']
+    images = sorted(os.listdir(out))
+    assert len(images) == 1
+    assert cv2.imread(str(out / images[0])).shape == (72, 72, 3)
+
+
+def test_ae_validation_pads_any_size_and_reports_bottleneck_psnr(assets):
+    opt = reduce_options(load_options(os.path.join(OPTIONS, 'train_aesop_autoencoder.yml')), assets)
+    model = build(opt)
+    model.start_validation()
+    gt = torch.rand(1, 3, 30, 34)  # not a multiple of 4: padded, then cropped back
+    model.feed_data({'gt': gt, 'lq': torch.nn.functional.interpolate(gt, size=(8, 9), mode='area')})
+    model.test()
+    recon, ref = model.validation_images()
+    assert recon.shape == ref.shape == (30, 34, 3)
+    model.after_validation_image()
+    extra = model.finish_validation()
+    assert set(extra) == {'bottleneck_lr_psnr'} and np.isfinite(extra['bottleneck_lr_psnr'])

@@ -88,21 +88,21 @@ def read_log(exp: str) -> str:
 
 
 def train_then_resume(opt: dict, cwd) -> tuple[str, dict, dict]:
-    """4 iterations straight (checkpoints at 2 and 4), then the same run resumed from iteration 2."""
+    """3 iterations straight (state saved at 2), then the same run resumed from iteration 2."""
     exp = train(opt, cwd)
-    straight = {n: load_checkpoint(os.path.join(exp, 'models', f'{n}_4.pth')) for n in ('net_g', 'net_d')
-                if os.path.isfile(os.path.join(exp, 'models', f'{n}_4.pth'))}
+    straight = {n: load_checkpoint(os.path.join(exp, 'models', f'{n}_latest.pth')) for n in ('net_g', 'net_d')
+                if os.path.isfile(os.path.join(exp, 'models', f'{n}_latest.pth'))}
     opt = copy.deepcopy(opt)
     opt['path']['resume_state'] = os.path.join(exp, 'training_states', '2.state')
     train(opt, cwd)
-    resumed = {n: load_checkpoint(os.path.join(exp, 'models', f'{n}_4.pth')) for n in straight}
+    resumed = {n: load_checkpoint(os.path.join(exp, 'models', f'{n}_latest.pth')) for n in straight}
     return exp, straight, resumed
 
 
 @pytest.fixture(scope='module')
 def stage1(assets):
-    opt = reduce_options('train_tvq_tokenizer.yml', assets, 'tvq_s1', total_iter=4)
-    opt['train'].update(disc_start_iter=1, dead_code_reinit_iters=3, perceptual_opt=None)
+    opt = reduce_options('train_tvq_tokenizer.yml', assets, 'tvq_s1', total_iter=3)
+    opt['train'].update(disc_start_iter=1, dead_code_reinit_iters=3, perceptual_opt=None)  # D from iteration 2
     exp, straight, resumed = train_then_resume(opt, assets['root'])
     return {'exp': exp, 'opt': opt, 'straight': straight, 'resumed': resumed,
             'ckpt': os.path.join(exp, 'models', 'net_g_latest.pth')}
@@ -150,15 +150,15 @@ def test_stage2_targets_are_the_tokenizers_encoding(stage1, stage2, assets):
     assert torch.allclose(got['structure_latent'], expect['structure_latent'], atol=1e-6)
     net = model.get_bare_model(model.net_g)  # frozen parts copied from the tokenizer, not trained
     assert torch.equal(net.codebook, tok.codebook) and not net.codebook.requires_grad
-    trained = load_checkpoint(stage2['ckpt'])['params']
-    assert torch.equal(trained['quantize.embedding.weight'], tok.codebook.detach())
+    for key in ('params', 'params_ema'):  # frozen parts stay bit-exact, in the EMA copy too
+        assert torch.equal(load_checkpoint(stage2['ckpt'])[key]['quantize.embedding.weight'], tok.codebook.detach())
     before = net.get_last_layer().detach().clone()
     model.optimize_parameters(1)
     assert not torch.equal(before, net.get_last_layer()) and torch.equal(net.codebook, tok.codebook)
 
 
 def test_stage3_rap_trains_and_resumes_exactly(stage1, stage2, assets):
-    opt = reduce_options('train_tvqrap.yml', assets, 'tvqrap_s3', total_iter=4)
+    opt = reduce_options('train_tvqrap.yml', assets, 'tvqrap_s3', total_iter=3)
     opt['path'].update(pretrain_network_tok=stage1['ckpt'], pretrain_network_g=stage2['ckpt'])
     opt['queue_size'] = 0  # the pair queue is not part of the training state: off for the exactness check
     exp, straight, resumed = train_then_resume(opt, assets['root'])
