@@ -16,7 +16,7 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from basicsr_ext.utils.checkpoint import CheckpointError, describe_key_mismatch, extract_state_dict, load_checkpoint
+from basicsr_ext.utils.checkpoint import CheckpointError, load_weights_into
 
 _CRITERIA = {'l1': F.l1_loss, 'l2': F.mse_loss, 'mse': F.mse_loss}
 #: the AE block of every official config (``train.aesop_opt.autoencoder_arch``)
@@ -40,26 +40,11 @@ def load_frozen_autoencoder(autoencoder_arch: Mapping[str, Any] | None,
         raise CheckpointError('AESOPLoss: autoencoder_load.path is required (the pretrained AE checkpoint, e.g. '
                               'AE_RRDBdecoder_100K.pth with key params_ema); a random AE gives a meaningless loss')
     path, key = str(autoencoder_load['path']), autoencoder_load.get('key', 'params_ema')
-    ckpt = load_checkpoint(path)
-    if key is not None and isinstance(ckpt, Mapping) and key not in ckpt and any(
-            isinstance(v, Mapping) for v in ckpt.values()):
-        raise CheckpointError(f'AESOPLoss: {path} has no key {key!r} (autoencoder_load.key); '
-                              f'top-level keys: {list(ckpt)[:8]}')
-    sd = extract_state_dict(ckpt, key, path)
-    converter = getattr(net, 'convert_official_state_dict', None)
-    if converter is not None:
-        sd, _ = converter(sd)
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        msg = describe_key_mismatch(missing, unexpected, f'{path} (key {key!r})')
-        if wrong:
-            msg += (f' {len(wrong)} tensors of the wrong shape (first: {wrong[0]} {tuple(sd[wrong[0]].shape)} '
-                    f'vs {tuple(own[wrong[0]].shape)}); check autoencoder_arch against the checkpoint')
-        raise CheckpointError('AESOPLoss: ' + msg)
-    net.load_state_dict(sd, strict=True)
+    try:  # the one loader: weights-only, key -> params_ema -> params, official layout translated, strict
+        load_weights_into(net, path, key, strict=True, logger=get_root_logger())
+    except CheckpointError as e:
+        raise CheckpointError(f'AESOPLoss (autoencoder_load: path {path}, key {key!r}): {e}; '
+                              'check autoencoder_arch against the checkpoint') from None
     for p in net.parameters():
         p.requires_grad_(False)
     get_root_logger().info(f'AESOPLoss: loaded the frozen auto-encoder from {path} (key {key!r}).')

@@ -37,6 +37,9 @@ from basicsr_ext.utils.checkpoint import CheckpointError, atomic_save, load_weig
 from basicsr_ext.utils.image_io import write_image_atomic
 
 ENGINE_TRAIN_KEYS = ('use_amp', 'amp_dtype', 'channels_last', 'compile', 'grad_clip')
+#: ``train:`` keys that BasicSR's loop and base models read
+BASICSR_TRAIN_KEYS = ('ema_decay', 'optim_g', 'optim_d', 'scheduler', 'total_iter', 'warmup_iter', 'net_d_iters',
+                      'net_d_init_iters', 'pixel_opt', 'perceptual_opt', 'gan_opt')
 _AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
 
 
@@ -122,8 +125,28 @@ class EngineMixin:
     """AMP / channels_last / compile / grad clip, exact resume, atomic saves, NaN guard, sharded validation."""
 
     # ---- switches ------------------------------------------------------------------------------------------
+    #: extra ``train:`` keys a model reads (declared by each model; unknown keys fail at build)
+    TRAIN_KEYS: tuple[str, ...] = ()
+
+    def check_train_keys(self) -> None:
+        """Refuse unknown keys in ``train:`` (a typo silently ignored is a wasted run), naming key and file."""
+        declared = set()
+        for cls in type(self).__mro__:
+            declared.update(cls.__dict__.get('TRAIN_KEYS', ()))
+        if not declared:
+            return
+        allowed = declared | set(ENGINE_TRAIN_KEYS) | set(BASICSR_TRAIN_KEYS)
+        unknown = [k for k in (self.opt.get('train') or {}) if k not in allowed]
+        if unknown:
+            import difflib
+            hints = [f'{k!r}' + (f' (did you mean {m[0]!r}?)' if (m := difflib.get_close_matches(k, allowed, 1)) else '')
+                     for k in unknown]
+            raise ConfigError(f"{self.opt.get('opt_path', 'option file')}: unknown key(s) in train: {', '.join(hints)}; "
+                              f'{type(self).__name__} reads: {", ".join(sorted(allowed))}')
+
     def setup_engine(self) -> None:
         """Read the ``train:`` switches; call from ``init_training_settings`` before building optimizers."""
+        self.check_train_keys()
         train_opt = self.opt.get('train', {}) or {}
         self.use_amp = bool(train_opt.get('use_amp', False))
         dtype_name = str(train_opt.get('amp_dtype', 'bf16')).lower()

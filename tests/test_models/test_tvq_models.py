@@ -72,14 +72,18 @@ def train(opt: dict, cwd, *flags: str) -> str:
     path = write_options(str(cwd / f"{opt['name']}.yml"), opt)
     exp = os.path.join(str(cwd), 'experiments', opt['name'])
     handler = _Collect(LOGS.setdefault(exp, []))
-    logging.getLogger('basicsr').addHandler(handler)
+    logger = logging.getLogger('basicsr')
+    level = logger.level  # BasicSR leaves it unset (WARNING) when a log-file-less call initialised it first
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     argv = sys.argv
     sys.argv = ['train.py', '-opt', path, *flags]
     try:
         train_pipeline(str(cwd))
     finally:
         sys.argv = argv
-        logging.getLogger('basicsr').removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     return exp
 
 
