@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print('interrupted: no partial output was left behind', file=sys.stderr)
         return 130
-    print(f'\n| output | path | entries |\n|---|---|---|')
+    print('\n| output | path | entries |\n|---|---|---|')
     for role, path, n in rows:
         print(f'| {role} | {path} | {n} |')
     print(f'\n{args.cmd} done in {time.time() - start:.1f} s')

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import time
@@ -187,8 +188,9 @@ def scaled_overrides(opt: dict, factor: float) -> list[str]:
 def generic_test_option(train_opt: dict, val_gt: str = 'datasets/val/HR',
                         val_lq: str = 'datasets/val/LRx4') -> OrderedDict:
     """A test option for a trained quickstart step: the train option's model and networks (not its data,
-    training or logging blocks), ``net_g_latest.pth`` with ``params_ema`` (BasicSR falls back to ``params``),
-    the other ``path.pretrain_network_*`` entries as trained, and PSNR/SSIM (Y, crop 4) on the validation photos."""
+    validation or logging blocks), ``net_g_latest.pth`` with ``params_ema`` (BasicSR falls back to ``params``;
+    see :func:`choose_param_key`), the other ``path.pretrain_network_*`` entries as trained, and PSNR/SSIM
+    (Y, crop 4) on the validation photos."""
     skip = ('name', 'datasets', 'val', 'logger', 'path', 'dist_params', 'is_train')
     opt = OrderedDict()
     opt['name'] = f"test_{train_opt['name']}"
@@ -283,23 +285,91 @@ def bicubic_row(out: str) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------
+def _referenced_experiments(opt) -> set[str]:
+    """Names of experiments whose checkpoints an option points at (``experiments/<name>/models/...``)."""
+    found: set[str] = set()
+    stack = [opt]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif isinstance(o, str):
+            found.update(re.findall(r'experiments/([^/]+)/models/', o))
+    return found
+
+
+def plan_stages(names: list[str] | None, out: str, log=print) -> list[Stage]:
+    """The selected stages in order, with every stage whose checkpoints they need (and that are not already
+    under ``out``) pulled in before them; stages whose option files are missing are left out."""
+    from basicsr_ext.utils.options import load_option_file
+    present = [s for s in STAGES if all(osp.isfile(osp.join(OPTIONS_DIR, st.option)) for st in s.steps)]
+    for s in STAGES:
+        if s not in present and (names is None or s.name in names):
+            log(f'stage {s.name}: skipped (option files missing in options/quickstart/)')
+    producer = {}
+    for s in present:
+        for st in s.steps:
+            producer[load_option_file(osp.join(OPTIONS_DIR, st.option))['name']] = s
+    plan: list[Stage] = []
+
+    def add(stage: Stage, trail: tuple = ()) -> None:
+        if stage in plan or stage in trail:
+            return
+        for st in stage.steps:
+            for exp in _referenced_experiments(load_option_file(osp.join(OPTIONS_DIR, st.option))):
+                dep = producer.get(exp)
+                done = osp.isfile(osp.join(out, 'experiments', exp, 'models', 'net_g_latest.pth'))
+                if dep is not None and dep is not stage and not done:
+                    add(dep, trail + (stage, ))
+        plan.append(stage)
+
+    for s in present:
+        if names is None or s.name in names:
+            add(s)
+    return plan
+
+
+def choose_param_key(train_opt: dict, total_iter: int) -> str:
+    """``params_ema``, unless the EMA still carries more than 5 % of a random initialisation.
+
+    BasicSR starts ``net_g_ema`` as a copy of ``net_g`` at build time; without ``path.pretrain_network_g`` that copy
+    is random, and after ``total_iter`` steps its weight is ``ema_decay ** total_iter`` (0.99 over 100 iterations:
+    37 %). Short quickstart runs are then judged on ``params`` (the table says which).
+    """
+    decay = float((train_opt.get('train') or {}).get('ema_decay', 0) or 0)
+    pretrained = bool((train_opt.get('path') or {}).get('pretrain_network_g'))
+    if decay <= 0:
+        return 'params'
+    if not pretrained and decay ** max(1, total_iter) > 0.05:
+        return 'params'
+    return 'params_ema'
+
+
+def _weights_used(test_opt: dict, out: str) -> str:
+    from basicsr_ext.utils.checkpoint import CheckpointError, load_checkpoint
+    path = test_opt.get('path') or {}
+    key = path.get('param_key_g') or 'params'
+    try:
+        ckpt = load_checkpoint(osp.join(out, path.get('pretrain_network_g') or ''))
+    except CheckpointError:
+        return key
+    return key if key in ckpt else 'params' if 'params' in ckpt else key
+
+
 def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float = 1.0, rebuild_data: bool = False,
                    log=print, threads: int | None = None) -> list[dict]:
-    """Data, then each stage's steps in order (train, then test the labelled ones). Returns the table rows."""
+    """Data, then each planned stage's steps in order (train, then test the labelled ones). Returns table rows."""
     from basicsr_ext.utils.options import load_option_file
     out = osp.abspath(out)
     os.makedirs(out, exist_ok=True)
     build_data(out, rebuild_data, log)
     rows: list[dict] = []
     psnr, ssim = bicubic_row(out)
-    rows.append(dict(method='Bicubic (reference)', psnr=psnr, ssim=ssim, train_s=None, folder='results/bicubic',
-                     status='ok'))
-    selected = [s for s in STAGES if stages is None or s.name in stages]
-    for stage in selected:
-        missing = [st.option for st in stage.steps if not osp.isfile(osp.join(OPTIONS_DIR, st.option))]
-        if missing:
-            log(f'stage {stage.name}: skipped ({", ".join(missing)} not in options/quickstart/)')
-            continue
+    rows.append(dict(method='Bicubic (reference)', psnr=psnr, ssim=ssim, train_s=None, weights='-',
+                     folder='results/bicubic', status='ok'))
+    for stage in plan_stages(stages, out, log):
         log(f'stage {stage.name}')
         for step in stage.steps:
             opt_path = osp.join(OPTIONS_DIR, step.option)
@@ -313,21 +383,24 @@ def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float
             log(f'    train {base}: {"ok" if rc == 0 else f"FAILED (exit {rc})"} in {secs:.0f} s')
             if rc != 0:
                 log(_tail(osp.join(out, 'logs', f'{base}.log')))
-                rows.append(dict(method=step.label or base, psnr=None, ssim=None, train_s=secs, folder='-',
-                                 status=f'train failed: logs/{base}.log'))
+                rows.append(dict(method=step.label or base, psnr=None, ssim=None, train_s=secs, weights='-',
+                                 folder='-', status=f'train failed: logs/{base}.log'))
                 break
             if not step.label:
                 continue
-            test_file = step.test_option or f'test_{step.option}'
-            test_path = osp.join(OPTIONS_DIR, test_file)
+            test_path = osp.join(OPTIONS_DIR, step.test_option or f'test_{step.option}')
             if not osp.isfile(test_path):
+                total = int(round(int((train_opt.get('train') or {}).get('total_iter', 0)) * iters_scale))
+                test_opt = generic_test_option(train_opt)
+                test_opt['path']['param_key_g'] = choose_param_key(train_opt, total)
                 test_path = osp.join(out, 'options', f'test_{step.option}')
-                write_option(generic_test_option(train_opt), test_path)
+                write_option(test_opt, test_path)
             test_opt = load_option_file(test_path)
             rc, _ = run_logged([sys.executable, TEST_SCRIPT, '-opt', test_path], out,
                                osp.join(out, 'logs', f'test_{base}.log'), log, threads)
             sr_dir = osp.join('results', test_opt['name'], 'visualization', 'quickstart_val')
-            row = dict(method=step.label, psnr=None, ssim=None, train_s=secs, folder=sr_dir, status='ok')
+            row = dict(method=step.label, psnr=None, ssim=None, train_s=secs, weights=_weights_used(test_opt, out),
+                       folder=sr_dir, status='ok')
             if rc != 0:
                 log(_tail(osp.join(out, 'logs', f'test_{base}.log')))
                 row['status'] = f'test failed: logs/test_{base}.log'
@@ -343,13 +416,13 @@ def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ['| method | PSNR (Y) | SSIM (Y) | train time | SR images (under the output folder) | status |',
-             '|---|---|---|---|---|---|']
+    lines = ['| method | PSNR (Y) | SSIM (Y) | train time | weights | SR images (under the output folder) | status |',
+             '|---|---|---|---|---|---|---|']
     for r in rows:
         psnr = f"{r['psnr']:.2f}" if r['psnr'] is not None else '-'
         ssim = f"{r['ssim']:.4f}" if r['ssim'] is not None else '-'
         t = f"{r['train_s']:.0f} s" if r['train_s'] is not None else '-'
-        lines.append(f"| {r['method']} | {psnr} | {ssim} | {t} | {r['folder']} | {r['status']} |")
+        lines.append(f"| {r['method']} | {psnr} | {ssim} | {t} | {r['weights']} | {r['folder']} | {r['status']} |")
     return '\n'.join(lines)
 
 
@@ -363,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='multiply every total_iter (and val/checkpoint frequencies) by this')
     parser.add_argument('--rebuild-data', action='store_true', help='remake the dataset even if up to date')
     parser.add_argument('--threads', type=int, default=None,
-                        help='OMP_NUM_THREADS for the train/test runs (default: torch decides); use 1 on a busy machine')
+                        help='OMP_NUM_THREADS of the train/test runs (default: torch decides); 1 on a busy machine')
     args = parser.parse_args(argv)
     if not (args.iters_scale > 0 and math.isfinite(args.iters_scale)):
         parser.error('--iters-scale must be a positive number')

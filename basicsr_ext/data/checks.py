@@ -25,8 +25,13 @@ Dataset-block options (both optional):
 
 Whatever the option, every dataset built through ``build_dataset`` also gets (a) an empty-dataset error at build
 and (b) sample errors that name the file: an exception while loading sample ``i`` (undecodable or missing
-LMDB value, truncated file, size mismatch found by BasicSR's crop) is re-raised as a :class:`DatasetError`
-naming the sample's path(s) and dataset.
+LMDB value, truncated file, size mismatch found by BasicSR's crop, a GT that is not LQ x scale) is re-raised as
+a :class:`DatasetError` naming the sample's path(s) and dataset. BasicSR's ``imfrombytes`` is replaced (in
+``basicsr.utils`` and the dataset modules) by :func:`safe_imfrombytes`: same pixels for valid images, an error
+instead of ``None`` for missing/undecodable bytes, and ``read_image``'s pixel limit before OpenCV allocates.
+
+The dataset object keeps its class name and ``isinstance`` relations (a same-named subclass with the same
+layout); it pickles as the original class would.
 """
 from __future__ import annotations
 
@@ -565,8 +570,8 @@ def install() -> None:
     import basicsr.utils as butils
     import basicsr.utils.img_util as bimg
     original = bimg.imfrombytes
+    prefixes = ('basicsr.data.', 'basicsr_ext.data.', 'basicsr.utils')
     for name, mod in list(sys.modules.items()):
-        if (name in ('basicsr.utils', 'basicsr.utils.img_util') or name.startswith(('basicsr.data.', 'basicsr_ext.data.')))\
-                and getattr(mod, 'imfrombytes', None) is original:
+        if name.startswith(prefixes) and getattr(mod, 'imfrombytes', None) is original:
             mod.imfrombytes = safe_imfrombytes
     butils.imfrombytes = bimg.imfrombytes = safe_imfrombytes

@@ -133,7 +133,40 @@ def test_quickstart_layout_and_baseline_learns_and_resumes(qs_out):
     assert 'params_ema' not in ckpt  # ema_decay 0: the trained weights are params
     before = _psnr_on_val(out, None)
     after = _psnr_on_val(out, ckpt['params'])
+    print(f"val PSNR before {before:.2f} dB, after {after:.2f} dB")
     assert after > before + 3.0, (before, after)
     # the same number as BasicSR's own validation at iteration 40
     logged = [float(m) for m in re.findall(r'# psnr: ([0-9.]+)', text)]
     assert logged and abs(logged[-1] - after) < 1e-3, (logged, after)
+
+
+def test_quickstart_planning_helpers(tmp_path):
+    """Stage plan (dependencies pulled in), generated test option, EMA choice, --iters-scale overrides."""
+    qs = _quickstart_module()
+    from basicsr_ext.utils.options import load_option_file
+    names = [s.name for s in qs.STAGES]
+    assert names[0] == 'rrdb_l1'
+    plan = [s.name for s in qs.plan_stages(None, str(tmp_path), log=lambda m: None)]
+    assert plan[0] == 'rrdb_l1' and len(plan) == len(set(plan))
+
+    train = load_option_file(OPTION)
+    train['path']['pretrain_network_tok'] = 'experiments/other/models/net_g_latest.pth'
+    test = qs.generic_test_option(train)
+    assert test['name'] == f'test_{NAME}' and test['network_g'] == train['network_g']
+    assert test['model_type'] == 'SRModel' and 'logger' not in test
+    assert test['path']['pretrain_network_g'] == f'experiments/{NAME}/models/net_g_latest.pth'
+    assert test['path']['pretrain_network_tok'] == 'experiments/other/models/net_g_latest.pth'
+    assert list(test['datasets']) == ['test_1'] and test['datasets']['test_1']['dataroot_lq'] == 'datasets/val/LRx4'
+    assert qs._referenced_experiments(train) == {'other'}
+
+    train['train']['ema_decay'] = 0.99
+    assert qs.choose_param_key(train, 100) == 'params'       # 0.99^100 = 37 % random init left in the EMA
+    assert qs.choose_param_key(train, 1000) == 'params_ema'
+    train['path']['pretrain_network_g'] = 'x.pth'
+    assert qs.choose_param_key(train, 100) == 'params_ema'   # the EMA started from the pretrained weights
+    train['train']['ema_decay'] = 0
+    assert qs.choose_param_key(train, 10 ** 6) == 'params'
+
+    force = qs.scaled_overrides(load_option_file(OPTION), 0.5)
+    assert 'train:total_iter=250' in force and 'val:val_freq=125' in force
+    assert 'train:scheduler:milestones=[200]' in force and qs.scaled_overrides(train, 1.0) == []

@@ -144,7 +144,8 @@ def test_code_carrying_pickles_never_run(tmp_path):
 
 def test_not_a_checkpoint(tmp_path):
     sentinel = str(tmp_path / 'SENTINEL')
-    for name, data in {'empty': b'', 'text': b'name: x\n', 'zip_empty': _empty_zip(), 'png': b'\x89PNG\r\n\x1a\n'}.items():
+    cases = {'empty': b'', 'text': b'name: x\n', 'zip_empty': _empty_zip(), 'png': b'\x89PNG\r\n\x1a\n'}
+    for name, data in cases.items():
         assert _check(_write(tmp_path, f'{name}.pth', data), sentinel) == 'refused', name
     with pytest.raises(CheckpointError, match='not found'):
         load_checkpoint(str(tmp_path / 'missing.pth'))
