@@ -75,6 +75,9 @@ def atomic_save(obj: Any, path: str, save_fn: Callable[[Any, str], None] | None 
             save_fn(obj, tmp)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -56,6 +56,7 @@ def test_aesop_model_resumes_exactly(tmp_path):
     ae_path = str(tmp_path / 'ae.pth')
     torch.save({'params_ema': ae.state_dict()}, ae_path)
     opt['train']['aesop_opt']['autoencoder_load'] = {'path': ae_path, 'key': 'params_ema'}
+    opt['path']['pretrain_network_g'] = None
     opt['datasets']['train']['batch_size_per_gpu'] = 2
     _exact_resume(tmp_path, _common(opt, data, 'resume_aesop', 2 * K))
 
