@@ -21,4 +21,13 @@ from .data import checks as _dataset_checks  # noqa: E402
 
 _dataset_checks.install()  # dataset options checked at build time
 
+from .data.checks import DatasetError  # noqa: E402
+from .models.engine import ConfigError, NonFiniteLossError  # noqa: E402
+from .utils.checkpoint import CheckpointError  # noqa: E402
+from .utils.image_io import ImageError  # noqa: E402
+from .utils.options import OptionError  # noqa: E402
+
+#: errors caused by the user's inputs: entry points print them as one message instead of a traceback
+USER_ERRORS = (OptionError, ConfigError, CheckpointError, DatasetError, ImageError, NonFiniteLossError)
+
 __version__ = '0.1.0'

@@ -15,11 +15,10 @@ import basicsr_ext  # noqa: E402,F401
 def main() -> None:
     from basicsr.test import test_pipeline
 
-    from basicsr_ext.utils.options import OptionError
     try:
         test_pipeline(os.getcwd())
-    except OptionError as e:
-        sys.exit(f'error: {e}')
+    except basicsr_ext.USER_ERRORS as e:  # bad options, checkpoints, data or a NaN: a message, not a traceback
+        sys.exit(f'error: {type(e).__name__}: {e}')
 
 
 if __name__ == '__main__':

@@ -30,6 +30,8 @@ _LR_KEYS = ('pixel_at_lr_opt', 'pixel_at_LR_opt')
 class AESOPAutoEncoderModel(EngineMixin, SRModel):
     """Trains ``AESOPAutoEncoder`` (network_g) by reconstruction; see the module docstring for the keys."""
 
+    TRAIN_KEYS = ('freeze_decoder',) + _LR_KEYS
+
     def __init__(self, opt: dict) -> None:
         if opt.get('is_train'):
             self.check_options(opt)

@@ -54,6 +54,8 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
     generator (``ema_decay > 0``).
     """
 
+    TRAIN_KEYS = ('aesop_opt', 'artifacts_opt', 'ldl_opt')
+
     def __init__(self, opt: dict) -> None:
         if opt.get('is_train'):
             self.check_options(opt)

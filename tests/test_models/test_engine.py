@@ -80,3 +80,41 @@ def test_kill_during_atomic_save_keeps_previous_checkpoint(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert torch.equal(load_checkpoint(str(path))['params']['w'], torch.ones(3))
+
+
+def test_unknown_train_key_fails_before_training_with_a_suggestion(tmp_path):
+    from tests import harness
+    data = harness.make_paired_folders(str(tmp_path / 'data'), n=2, size=64)
+    opt = harness.load_options(os.path.join(harness.ROOT, 'options', 'quickstart', 'aesop_autoencoder.yml'))
+    opt['datasets']['train'].update(dataroot_gt=data['gt'], dataroot_lq=data['lq'], io_backend={'type': 'disk'})
+    opt['datasets']['val'].update(dataroot_gt=data['gt'], dataroot_lq=data['lq'])
+    opt['train']['use_ampp'] = True
+    path = harness.write_options(str(tmp_path / 'typo.yml'), opt)
+    out = subprocess.run([sys.executable, harness.TRAIN, '-opt', path], cwd=tmp_path, env=harness.env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "'use_ampp' (did you mean 'use_amp'?)" in out.stderr and 'typo.yml' in out.stderr
+    assert not list((tmp_path / 'experiments').glob('*/models/*.pth'))
+
+
+def test_forced_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    from tests import harness
+    data = harness.make_paired_folders(str(tmp_path / 'data'), n=2, size=64)
+    opt = harness.load_options(os.path.join(harness.ROOT, 'options', 'quickstart', 'aesop_autoencoder.yml'))
+    opt['name'] = 'nan_guard'
+    opt['datasets']['train'].update(dataroot_gt=data['gt'], dataroot_lq=data['lq'], io_backend={'type': 'disk'})
+    opt['datasets'].pop('val')
+    opt.pop('val')
+    opt['train']['total_iter'] = 2
+    opt['logger'].update(save_checkpoint_freq=2, print_freq=1)
+    path = harness.write_options(str(tmp_path / 'o.yml'), opt)
+    harness.run(harness.TRAIN, path, str(tmp_path))
+    models = tmp_path / 'experiments' / 'nan_guard' / 'models'
+    good = harness.load_net(str(tmp_path), 'nan_guard', 'net_g', 2)
+    out = subprocess.run([sys.executable, harness.TRAIN, '-opt', path, '--auto_resume', '--force_yml',
+                          'train:total_iter=4', 'train:pixel_opt:loss_weight=.nan'],
+                         cwd=tmp_path, env=harness.env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert 'NonFiniteLossError' in out.stderr and 'iteration 3' in out.stderr and "'l_" in out.stderr
+    assert sorted(p.name for p in models.glob('*.pth')) == ['net_g_2.pth', 'net_g_latest.pth']
+    assert harness.max_abs_diff(good, harness.load_net(str(tmp_path), 'nan_guard', 'net_g', 2)) == 0.0
