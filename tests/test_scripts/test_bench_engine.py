@@ -1,0 +1,39 @@
+"""bf16 autocast + channels_last training steps run on CPU through the benchmark's code path, and the loss
+networks stay fp32."""
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+
+import bench_engine  # noqa: E402
+
+
+@pytest.mark.parametrize('option', ['aesop_autoencoder.yml', 'tvqrap_stage2.yml'])
+def test_bf16_channels_last_steps_on_cpu(option, monkeypatch, tmp_path):
+    path = os.path.join(ROOT, 'options', 'quickstart', option)
+    if option.startswith('tvqrap'):  # needs a tokenizer checkpoint: a random one of the same options
+        from basicsr.archs import build_network
+
+        from basicsr_ext.utils.options import load_option_file
+        opt = load_option_file(path)
+        tok = build_network(dict(opt['network_tok']))
+        torch.save({'params_ema': tok.state_dict()}, tmp_path / 'tok.pth')
+        opt['path']['pretrain_network_tok'] = str(tmp_path / 'tok.pth')
+        opt['path']['pretrain_network_g'] = None
+        from tests import harness
+        path = harness.write_options(str(tmp_path / 'o.yml'), opt)
+    seen = []
+    real_autocast = torch.autocast
+
+    def spy_autocast(*args, **kwargs):  # record that mixed precision was really requested
+        seen.append((kwargs.get('dtype'), kwargs.get('enabled', True)))
+        return real_autocast(*args, **kwargs)
+    monkeypatch.setattr(torch, 'autocast', spy_autocast)
+    t = bench_engine.time_model_steps(path, {'use_amp': True, 'amp_dtype': 'bf16', 'channels_last': True}, steps=1,
+                                      warmup=0, batch=2)
+    assert t > 0
+    assert (torch.bfloat16, True) in seen
