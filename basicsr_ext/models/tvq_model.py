@@ -61,6 +61,8 @@ def build_optimizer_params(net: torch.nn.Module) -> list[torch.nn.Parameter]:
 class VQGANTrainingMixin:
     """Discriminator, adaptive-weight hinge GAN and D step shared by stage I and stage III."""
 
+    TRAIN_KEYS = ('disc_weight', 'adaptive_weight_max', 'disc_start_iter')
+
     def setup_gan(self) -> None:
         """Build ``net_d`` (+ ``path.pretrain_network_d``) and ``cri_gan`` from ``network_d`` / ``train.gan_opt``."""
         train_opt = self.opt['train']
@@ -182,6 +184,8 @@ class TVQTokenizerModel(VQGANTrainingMixin, EngineMixin, SRModel):
     multiple, cropped back) scored by ``val.metrics``, plus codebook usage over the whole validation set
     (``codebook_perplexity`` = exp(entropy of code frequencies), ``codebook_usage`` = fraction of codes used).
     """
+
+    TRAIN_KEYS = ('codebook_loss_weight', 'aux_recon_loss_weight', 'align_loss_weight', 'dead_code_reinit_iters')
 
     def init_training_settings(self) -> None:
         train_opt = self.opt['train']

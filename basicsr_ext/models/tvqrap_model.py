@@ -69,6 +69,8 @@ class _MethodDispatch(torch.nn.Module):
 class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
     """TVQ&RAP stages II (``train.stage: code``) and III (``train.stage: rap``); inference for tests."""
 
+    TRAIN_KEYS = ('stage', 'entropy_loss_weight', 'feat_loss_weight', 'ce_weight_rap')
+
     def __init__(self, opt: dict) -> None:
         self.net_tok = None
         super().__init__(opt)

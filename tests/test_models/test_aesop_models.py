@@ -125,7 +125,7 @@ def test_quickstart_chain_runs_on_lmdb(assets, tmp_path, monkeypatch):
         files = sorted(os.listdir(src))
         make_lmdb_from_imgs(src, dst, files, [f[:-4] for f in files], multiprocessing_read=False)
     os.symlink(os.path.dirname(assets['val']['gt']), 'datasets/val')
-    for name in ('aesop_autoencoder', 'aesop_rrdb', 'ldl_rrdb'):
+    for name in ('rrdb_l1', 'aesop_autoencoder', 'aesop_rrdb', 'ldl_rrdb'):  # AESOP/LDL fine-tune rrdb_l1
         opt = load_options(os.path.join(OPTIONS, 'quickstart', f'{name}.yml'))
         opt['train']['total_iter'] = 2
         opt['val']['val_freq'] = opt['logger']['save_checkpoint_freq'] = 2
