@@ -139,6 +139,8 @@ def main() -> None:
         lmdb_opt = dict(common, dataroot_gt=osp.join(root, 'train_HR.lmdb'), dataroot_lq=osp.join(root, 'train_LRx4.lmdb'),
                         io_backend={'type': 'lmdb'})
         disk_gt, disk_lq = osp.join(root, 'train_HR'), osp.join(root, 'train_LRx4')
+        if not osp.isdir(disk_gt):  # the quickstart keeps its sub-image folders under build/
+            disk_gt, disk_lq = osp.join(root, 'build', 'train_HR_sub'), osp.join(root, 'build', 'train_LRx4_sub')
         rows = [('lmdb', loader_throughput(lmdb_opt, 30, args.workers))]
         if osp.isdir(disk_gt) and osp.isdir(disk_lq):
             disk_opt = dict(common, dataroot_gt=disk_gt, dataroot_lq=disk_lq, io_backend={'type': 'disk'})

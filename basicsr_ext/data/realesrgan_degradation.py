@@ -1,6 +1,6 @@
 """Real-ESRGAN's second-order degradation, assembled from BasicSR's own pieces, device-agnostic.
 
-BasicSR's ``RealESRGANModel.feed_data`` cannot be reused as is: its constructor and queue call ``.cuda()``
+BasicSR's ``RealESRGANModel.feed_data`` cannot be reused as is: its constructor and queue hard-code CUDA
 (no CPU training) and it always applies the second degradation, while TVQ&RAP applies the second stage with
 probability 0.5 (paper notes §4, "Degradation"). So the same steps, in the same order, are called here from
 BasicSR's functions (``filter2D``, ``random_add_gaussian_noise_pt``, ``random_add_poisson_noise_pt``,

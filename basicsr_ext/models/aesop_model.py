@@ -231,7 +231,7 @@ class AESOPRealESRGANModel(AESOPESRGANModel, RealESRGANModel):
             if int(opt.get('queue_size', 180)) % int(batch):
                 raise ConfigError(f"queue_size ({opt.get('queue_size', 180)}) must be divisible by "
                                   f'datasets.train.batch_size_per_gpu ({batch})')
-        # RealESRGANModel.__init__ moves its helpers with .cuda(); build the same helpers on self.device instead
+        # RealESRGANModel.__init__ moves its helpers to CUDA unconditionally; build the same helpers on self.device instead
         SRGANModel.__init__(self, opt)
         self.jpeger = ContiguousDiffJPEG(differentiable=False).to(self.device)
         self.usm_sharpener = USMSharp().to(self.device)
@@ -239,7 +239,7 @@ class AESOPRealESRGANModel(AESOPESRGANModel, RealESRGANModel):
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self) -> None:
-        if not hasattr(self, 'queue_lr'):  # allocate the pool on the data's device (BasicSR uses .cuda())
+        if not hasattr(self, 'queue_lr'):  # allocate the pool on the data's device (BasicSR allocates it on CUDA)
             self.queue_lr = torch.zeros(self.queue_size, *self.lq.shape[1:], device=self.lq.device)
             self.queue_gt = torch.zeros(self.queue_size, *self.gt.shape[1:], device=self.gt.device)
             self.queue_ptr = 0
