@@ -11,7 +11,7 @@ Numerics follow the official TVQ-RAP code (CodeFormer / SwinIR lineage), see ``/
   LayerNorm eps 1e-5, exact (erf) GELU, MLP ratio 4, blocks alternating shift 0 / window//2, shifted-window mask
   -100. The mask for the construction resolution is a persistent ``attn_mask`` buffer (it is in the official
   checkpoints); any other runtime size gets its own mask (cached per size/device). No padding inside: feature
-  maps must be multiples of the window (:func:`check_multiple` / :func:`pad_to_multiple` at the net borders).
+  maps must be multiples of the window (:func:`check_multiple` / :func:`basicsr_ext.utils.tiling.pad_to_multiple` at the net borders).
 - :class:`SwinLayers` holds ``swin_blks`` (a list of :class:`RSTB`) and works on (B, C, H, W) maps; tokens are
   the map flattened row-major. ``RSTB(conv=True)`` is SwinIR's RSTB (group -> conv3x3 -> + input);
   ``RSTB(conv=False)`` is "RSTB_AR" (group + input, no conv).
@@ -281,20 +281,6 @@ def check_multiple(h: int, w: int, multiple: int, what: str = 'input') -> None:
     if h % multiple or w % multiple or h <= 0 or w <= 0:
         raise ValueError(f'{what} size {h}x{w} must be a positive multiple of {multiple} '
                          f'(no padding inside the network)')
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Reflect-pad the bottom/right of (B, C, H, W) up to a multiple (repeats the reflection on tiny inputs)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    while ph or pw:
-        sh, sw = min(ph, x.shape[-2] - 1), min(pw, x.shape[-1] - 1)
-        if (ph and sh <= 0) or (pw and sw <= 0):  # 1-pixel side: reflection impossible, replicate
-            x = F.pad(x, (0, pw, 0, ph), mode='replicate')
-            break
-        x = F.pad(x, (0, sw, 0, sh), mode='reflect')
-        ph, pw = ph - sh, pw - sw
-    return x
 
 
 def lcm(*values: int) -> int:

@@ -50,7 +50,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from basicsr_ext.archs.tvq_arch import BlockStack, TVQGenerator, VectorQuantizer, build_decoder, build_structure_path
-from basicsr_ext.archs.tvq_blocks import Downsample, ResBlock, SwinLayers, check_multiple, lcm, pad_to_multiple
+from basicsr_ext.archs.tvq_blocks import Downsample, ResBlock, SwinLayers, check_multiple, lcm
+from basicsr_ext.utils.tiling import pad_to_multiple
 from basicsr_ext.utils.checkpoint import CheckpointError, describe_key_mismatch, extract_state_dict, load_checkpoint
 
 #: Subtrees of the official CodeFormer state dict that the SR forward never uses (tokenizer leftovers).
@@ -217,7 +218,7 @@ class TVQRAPNet(nn.Module):
         """Inference: reflect-pad to ``pad_multiple``, argmax codes, decode, crop to 4h x 4w; SR in [0, 1]
         (not clamped)."""
         h, w = lr01.shape[-2:]
-        x = pad_to_multiple(lr01, self.pad_multiple)
+        x, _ = pad_to_multiple(lr01, self.pad_multiple)
         pred = self.predict(x)
         s = pred['structure_feature']
         b, _, hh, ww = s.shape

@@ -22,18 +22,26 @@ import torch.nn.functional as F
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = 'reflect') -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad (N, C, H, W) at the bottom/right so H and W are multiples of ``multiple``; returns (x, (H, W)).
 
-    ``mode`` is any ``F.pad`` mode; reflect falls back to replicate when a side is too small to reflect.
+    ``mode`` is any ``F.pad`` mode. ``reflect`` pads larger than the image are done by repeated reflection;
+    a 1-pixel side cannot be reflected and is replicated. The one padding helper of the package (archs,
+    validation, inference).
     """
     h, w = x.shape[-2:]
     multiple = max(1, int(multiple))
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
         return x, (h, w)
-    if mode == 'reflect' and (ph >= h or pw >= w):
-        mode = 'replicate'
     if mode == 'constant':
         return F.pad(x, (0, pw, 0, ph), mode='constant', value=0.0), (h, w)
-    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+    if mode != 'reflect':
+        return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+    while ph or pw:
+        sh, sw = min(ph, x.shape[-2] - 1), min(pw, x.shape[-1] - 1)
+        if (ph and sh <= 0) or (pw and sw <= 0):  # 1-pixel side: reflection impossible, replicate the rest
+            return F.pad(x, (0, pw, 0, ph), mode='replicate'), (h, w)
+        x = F.pad(x, (0, sw, 0, sh), mode='reflect')
+        ph, pw = ph - sh, pw - sw
+    return x, (h, w)
 
 
 def crop_to(y: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from basicsr_ext.archs.tvq_arch import TVQTokenizer, VectorQuantizer
-from basicsr_ext.archs.tvq_blocks import (Downsample, ResBlock, SwinBlock, SwinLayers, pad_to_multiple,
+from basicsr_ext.archs.tvq_blocks import (Downsample, ResBlock, SwinBlock, SwinLayers,
                                           shifted_window_mask)
 from tests.test_archs.tvq_tiny import TINY_TOKENIZER
 
@@ -189,8 +189,9 @@ def test_swin_block_matches_explicit_attention():
 
 
 def test_pad_to_multiple():
+    from basicsr_ext.utils.tiling import pad_to_multiple
     x = torch.arange(12.).view(1, 1, 3, 4)
-    y = pad_to_multiple(x, 8)
+    y, _ = pad_to_multiple(x, 8)  # pad larger than the image: repeated reflection
     assert y.shape == (1, 1, 8, 8) and torch.equal(y[..., :3, :4], x)
     assert y[0, 0, 3, 0] == x[0, 0, 1, 0]  # reflection
-    assert pad_to_multiple(torch.rand(1, 3, 1, 5), 4).shape == (1, 3, 4, 8)
+    assert pad_to_multiple(torch.rand(1, 3, 1, 5), 4)[0].shape == (1, 3, 4, 8)
