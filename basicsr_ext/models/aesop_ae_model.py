@@ -120,10 +120,7 @@ class AESOPAutoEncoderModel(EngineMixin, SRModel):
         self.check_finite(loss_dict, current_iter)
         self.backward(l_total)
         self.optimizer_step(self.optimizer_g, self.net_g)
-        self.scaler_update()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+        self.finish_iteration(loss_dict)
 
     # ---- validation ------------------------------------------------------------------------------------------
     def test(self) -> None:

@@ -187,10 +187,7 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
             p.requires_grad = True
         self.optimizer_d.zero_grad(set_to_none=True)
         self.discriminator_step(targets['gan'], loss_dict, current_iter)
-        self.scaler_update()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+        self.finish_iteration(loss_dict)
 
     # ---- inference -----------------------------------------------------------------------------------------
     def test(self) -> None:

@@ -209,6 +209,13 @@ class EngineMixin:
         if scaler is not None and scaler.is_enabled():
             scaler.update()
 
+    def finish_iteration(self, loss_dict: Mapping[str, torch.Tensor]) -> None:
+        """End of ``optimize_parameters``: GradScaler update, losses reduced over ranks for the log, EMA step."""
+        self.scaler_update()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if getattr(self, 'ema_decay', 0) > 0:
+            self.model_ema(decay=self.ema_decay)
+
     @staticmethod
     def check_finite(loss_dict: Mapping[str, torch.Tensor], current_iter: int) -> None:
         """Stop on a NaN/inf loss term, naming it, before anything is stepped or saved."""
