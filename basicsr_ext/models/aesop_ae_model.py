@@ -32,11 +32,6 @@ class AESOPAutoEncoderModel(EngineMixin, SRModel):
 
     TRAIN_KEYS = ('freeze_decoder',) + _LR_KEYS
 
-    def __init__(self, opt: dict) -> None:
-        if opt.get('is_train'):
-            self.check_options(opt)
-        super().__init__(opt)
-
     @staticmethod
     def check_options(opt: Mapping[str, Any]) -> None:
         train = opt.get('train') or {}

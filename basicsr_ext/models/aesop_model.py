@@ -56,11 +56,6 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
 
     TRAIN_KEYS = ('aesop_opt', 'artifacts_opt', 'ldl_opt')
 
-    def __init__(self, opt: dict) -> None:
-        if opt.get('is_train'):
-            self.check_options(opt)
-        super().__init__(opt)
-
     # ---- options -----------------------------------------------------------------------------------------
     @staticmethod
     def check_options(opt: Mapping[str, Any]) -> None:

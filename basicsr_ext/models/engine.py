@@ -128,6 +128,15 @@ class EngineMixin:
     #: extra ``train:`` keys a model reads (declared by each model; unknown keys fail at build)
     TRAIN_KEYS: tuple[str, ...] = ()
 
+    def __init__(self, opt: dict) -> None:
+        if opt.get('is_train'):
+            self.check_options(opt)  # before any network or dataset work
+        super().__init__(opt)
+
+    @staticmethod
+    def check_options(opt: Mapping[str, Any]) -> None:
+        """Refuse inconsistent training options at model build (override; raise ConfigError naming the key)."""
+
     def check_train_keys(self) -> None:
         """Refuse unknown keys in ``train:`` (a typo silently ignored is a wasted run), naming key and file."""
         declared = set()

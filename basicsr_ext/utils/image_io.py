@@ -20,6 +20,7 @@ PIL as the fallback for what OpenCV cannot read.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -81,22 +82,30 @@ def get_max_pixels(max_pixels: int | None = None) -> int:
     return DEFAULT_MAX_PIXELS
 
 
-def _read_header(data: bytes, path: str, max_pixels: int) -> tuple[str, int, int, str]:
-    """(format, width, height, mode) from the header only; the limit is checked before any decoding."""
-    with _PIL_LOCK:  # PIL's own bomb check is replaced by ours for the duration of the open
+@contextlib.contextmanager
+def _pil_open(data: bytes):
+    """Open bytes with PIL, its own bomb check replaced by ours (the header limit) and its warnings silenced."""
+    with _PIL_LOCK:
         old = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 with Image.open(io.BytesIO(data)) as im:
-                    fmt, (w, h), mode = im.format or '?', im.size, im.mode
-        except UnidentifiedImageError:
-            raise ImageError(path, 'not a recognised image format (unknown or corrupt header)') from None
-        except Exception as e:  # noqa: BLE001 - any parser failure on a malformed header is a bad file
-            raise ImageError(path, f'corrupt image header ({type(e).__name__}: {str(e)[:200]})') from None
+                    yield im
         finally:
             Image.MAX_IMAGE_PIXELS = old
+
+
+def _read_header(data: bytes, path: str, max_pixels: int) -> tuple[str, int, int, str]:
+    """(format, width, height, mode) from the header only; the limit is checked before any decoding."""
+    try:
+        with _pil_open(data) as im:
+            fmt, (w, h), mode = im.format or '?', im.size, im.mode
+    except UnidentifiedImageError:
+        raise ImageError(path, 'not a recognised image format (unknown or corrupt header)') from None
+    except Exception as e:  # noqa: BLE001 - any parser failure on a malformed header is a bad file
+        raise ImageError(path, f'corrupt image header ({type(e).__name__}: {str(e)[:200]})') from None
     if w <= 0 or h <= 0:
         raise ImageError(path, f'invalid declared size {w}x{h}')
     if w * h > max_pixels:
@@ -129,30 +138,23 @@ def _decode_cv2(data: bytes) -> np.ndarray | None:
 
 
 def _decode_pil(data: bytes, path: str) -> np.ndarray:
-    with _PIL_LOCK:
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                with Image.open(io.BytesIO(data)) as im:
-                    im.load()
-                    mode = im.mode
-                    if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N'):
-                        return np.asarray(im).astype(np.uint16)
-                    if mode == 'I':
-                        return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
-                    if mode == 'F':
-                        return np.asarray(im, dtype=np.float32)
-                    if mode in ('1', 'L'):
-                        return np.asarray(im.convert('L'))
-                    has_alpha = mode in ('RGBA', 'LA', 'La', 'RGBa', 'PA') or 'transparency' in im.info
-                    return np.asarray(im.convert('RGBA' if has_alpha else 'RGB'))
-        except Exception as e:  # noqa: BLE001 - truncated/corrupt streams raise many types in PIL's plugins
-            raise ImageError(path, f'cannot decode ({type(e).__name__}: {str(e)[:200]}); truncated or corrupt?') \
-                from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
+    try:
+        with _pil_open(data) as im:
+            im.load()
+            mode = im.mode
+            if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N'):
+                return np.asarray(im).astype(np.uint16)
+            if mode == 'I':
+                return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+            if mode == 'F':
+                return np.asarray(im, dtype=np.float32)
+            if mode in ('1', 'L'):
+                return np.asarray(im.convert('L'))
+            has_alpha = mode in ('RGBA', 'LA', 'La', 'RGBa', 'PA') or 'transparency' in im.info
+            return np.asarray(im.convert('RGBA' if has_alpha else 'RGB'))
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt streams raise many types in PIL's plugins
+        raise ImageError(path, f'cannot decode ({type(e).__name__}: {str(e)[:200]}); truncated or corrupt?') \
+            from None
 
 
 def _to_float(arr: np.ndarray) -> tuple[np.ndarray, int]:
