@@ -32,6 +32,16 @@ instead of ``None`` for missing/undecodable bytes, and ``read_image``'s pixel li
 
 The dataset object keeps its class name and ``isinstance`` relations (a same-named subclass with the same
 layout); it pickles as the original class would.
+
+Option keys (always checked, ``check: false`` does not switch this off): a key that nothing reads is refused
+with a did-you-mean naming the option file and block (:func:`check_option_keys`, run right after BasicSR's
+``parse_options``; again at build and by ``GTOnlyDataset`` / ``RealESRGANDegradation`` themselves):
+
+- dataset blocks: :data:`COMMON_DATASET_KEYS` + the keys of the type (:data:`STOCK_DATASET_KEYS` for stock
+  BasicSR image datasets, the ``KEYS`` tuple of our dataset classes); other types are not checked;
+- the option root of a file with Real-ESRGAN degradation keys (:func:`check_degradation_keys`): BasicSR's root
+  keys, ``network_*``, the degradation keys (``second_order_prob``, alias ``second_degradation_prob``) and the
+  degrading models' keys. A degradation key in a dataset block, or a kernel key at the root, is named as misplaced.
 """
 from __future__ import annotations
 
@@ -393,10 +403,168 @@ def check_gt_only(ctx: _Ctx) -> None:
     ctx.sizes(files)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# option keys: a misspelt or misplaced key is refused (did you mean ...?) instead of silently ignored
+# ----------------------------------------------------------------------------------------------------------
+#: keys any dataset block may carry, whatever its type
+COMMON_DATASET_KEYS = (
+    'name', 'type',
+    'phase', 'scale',  # written into every block by parse_options (block name, root ``scale``)
+    # read by BasicSR 1.4.2's build_dataloader / train.py
+    'batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio', 'prefetch_mode', 'num_prefetch_queue',
+    'pin_memory', 'persistent_workers',
+    'use_shuffle',  # BasicSR < 1.4 loader key, found in official configs (1.4.2 always shuffles train sets)
+    'check', 'check_max_files',  # this module's build-time checks
+    'val_metrics',  # TVQRAPModel: the subset of val.metrics computed on this set
+)
+
+#: the keys each stock BasicSR 1.4.2 image dataset reads (from its source; ``io_backend`` holds the backend's
+#: own keys), besides :data:`COMMON_DATASET_KEYS`. ``RealESRGANDataset`` itself ignores ``gt_size`` (it crops
+#: 400): official Real-ESRGAN / AESOP files carry it and AESOPRealESRGANModel compares it with the discriminator.
+#: Its kernel keys are :data:`basicsr_ext.data.realesrgan_degradation.KERNEL_BLOCK_KEYS`. Video datasets, and
+#: types neither listed here nor declaring ``KEYS``, are not checked.
+STOCK_DATASET_KEYS: dict[str, tuple[str, ...]] = {
+    'PairedImageDataset': ('dataroot_gt', 'dataroot_lq', 'meta_info_file', 'io_backend', 'filename_tmpl', 'gt_size',
+                           'use_hflip', 'use_rot', 'color', 'mean', 'std'),
+    'SingleImageDataset': ('dataroot_lq', 'meta_info_file', 'io_backend', 'color', 'mean', 'std'),
+    'RealESRGANDataset': ('dataroot_gt', 'meta_info', 'io_backend', 'use_hflip', 'use_rot', 'gt_size',
+                          '<kernel keys>'),  # placeholder: KERNEL_BLOCK_KEYS, filled in by dataset_keys()
+    'RealESRGANPairedDataset': ('dataroot_gt', 'dataroot_lq', 'meta_info', 'io_backend', 'filename_tmpl', 'gt_size',
+                                'use_hflip', 'use_rot', 'mean', 'std'),
+    'FFHQDataset': ('dataroot_gt', 'io_backend', 'use_hflip', 'mean', 'std'),
+}
+
+#: option-root keys BasicSR 1.4.2 reads or writes (parse_options, train.py, base models), and ours (opt_path)
+BASICSR_ROOT_KEYS = ('name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'path', 'train', 'val',
+                     'logger', 'dist_params', 'find_unused_parameters', 'is_train', 'dist', 'rank', 'world_size',
+                     'auto_resume', 'root_path', 'opt_path')
+#: option-root keys of the models that degrade on the fly, besides the degradation keys and ``network_*``:
+#: BasicSR's RealESRGANModel (``gt_size``, ``queue_size``, ``high_order_degradation``, ``*_gt_usm``),
+#: AESOPRealESRGANModel (``aesop_gt_usm``), TVQRAPModel (``gt_size``, ``queue_size``)
+DEGRADATION_MODEL_ROOT_KEYS = ('gt_size', 'queue_size', 'high_order_degradation', 'gt_usm', 'l1_gt_usm',
+                               'percep_gt_usm', 'gan_gt_usm', 'aesop_gt_usm')
+#: models whose degradation is BasicSR's ``RealESRGANModel.feed_data``: the second stage is always applied
+ALWAYS_SECOND_ORDER_MODELS = ('RealESRGANModel', 'RealESRNetModel', 'AESOPRealESRGANModel')
+
+
+def _degradation_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(root degradation keys, dataset-block kernel keys), from realesrgan_degradation (imported lazily: torch)."""
+    from basicsr_ext.data.realesrgan_degradation import KERNEL_BLOCK_KEYS, ROOT_DEGRADATION_KEYS
+    return ROOT_DEGRADATION_KEYS, KERNEL_BLOCK_KEYS
+
+
+def dataset_keys(type_name: Any) -> tuple[str, ...] | None:
+    """The keys a dataset block of ``type_name`` may hold, or None when they are not known (not checked).
+
+    Stock BasicSR types: :data:`COMMON_DATASET_KEYS` + :data:`STOCK_DATASET_KEYS`. Our types: the common keys
+    + the ``KEYS`` tuple the registered class declares.
+    """
+    stock = STOCK_DATASET_KEYS.get(str(type_name))
+    if stock is not None:
+        if '<kernel keys>' in stock:
+            stock = tuple(k for k in stock if k != '<kernel keys>') + _degradation_keys()[1]
+        return COMMON_DATASET_KEYS + stock
+    from basicsr.utils.registry import DATASET_REGISTRY
+    try:
+        cls = DATASET_REGISTRY.get(str(type_name))
+    except KeyError:
+        return None
+    declared = getattr(cls, 'KEYS', None)
+    return None if declared is None else COMMON_DATASET_KEYS + tuple(declared)
+
+
+def _refuse_unknown(unknown: Sequence[str], allowed: Iterable[str], where: str, reader: str,
+                    placement: Callable[[str], str]) -> None:
+    import difflib
+
+    from basicsr_ext.utils.options import OptionError
+    allowed = sorted(set(allowed))
+    hints = []
+    for key in unknown:
+        hint = placement(key)
+        if not hint:
+            close = difflib.get_close_matches(str(key), allowed, 1)
+            hint = f' (did you mean {close[0]!r}?)' if close else ''
+        hints.append(f'{key!r}{hint}')
+    raise OptionError(f'{where}: unknown key(s) {", ".join(hints)}; {reader} reads: {", ".join(allowed)}')
+
+
+def check_dataset_keys(opt: Mapping[str, Any], source: str | None = None, block: str | None = None) -> None:
+    """Refuse keys a dataset block's type does not read (OptionError naming file, block, key, did-you-mean).
+
+    ``source``: the option file (or None); ``block``: e.g. ``datasets:train`` (default: the dataset's name).
+    Types whose keys are unknown (see :func:`dataset_keys`) are not checked.
+    """
+    if not isinstance(opt, Mapping):
+        return
+    allowed = dataset_keys(opt.get('type'))
+    if allowed is None:
+        return
+    unknown = [k for k in opt if k not in allowed]
+    if not unknown:
+        return
+    root_keys = set(_degradation_keys()[0]) | (set(DEGRADATION_MODEL_ROOT_KEYS) - {'gt_size'})
+
+    def placement(key: str) -> str:
+        if key in root_keys:
+            return ' (a degradation key: it belongs at the top level of the option file, not in a dataset block)'
+        return ''
+
+    block = block or f"dataset {opt.get('name', '?')!r}"
+    where = ', '.join(p for p in (source, f"{block} ({opt.get('type')})") if p)
+    _refuse_unknown(unknown, allowed, where, str(opt.get('type')), placement)
+
+
+def check_degradation_keys(opt: Mapping[str, Any], source: str | None = None) -> None:
+    """The option root of a file with Real-ESRGAN degradation keys: refuse unknown keys (did-you-mean).
+
+    Allowed: :data:`BASICSR_ROOT_KEYS`, ``network_*``, the degradation keys (with ``second_order_prob`` and its
+    alias ``second_degradation_prob``) and :data:`DEGRADATION_MODEL_ROOT_KEYS`. A file without degradation keys
+    is not checked (its root is BasicSR's business). ``second_order_prob`` below 1 with a model that always
+    applies the second stage (:data:`ALWAYS_SECOND_ORDER_MODELS`) is refused too: it would be ignored.
+    """
+    root_deg, kernel_keys = _degradation_keys()
+    if not isinstance(opt, Mapping) or not any(k in opt for k in root_deg):
+        return
+    where = f'{source or "option file"} (top level, Real-ESRGAN degradation)'
+    allowed = set(BASICSR_ROOT_KEYS) | set(root_deg) | set(DEGRADATION_MODEL_ROOT_KEYS)
+    unknown = [k for k in opt if k not in allowed and not str(k).startswith('network_')]
+    if unknown:
+        dataset_only = set(kernel_keys) | {k for v in STOCK_DATASET_KEYS.values() for k in v} | \
+            set(COMMON_DATASET_KEYS)
+
+        def placement(key: str) -> str:
+            if key in dataset_only:
+                return ' (a dataset key: it belongs in the datasets:train block)'
+            return ''
+        _refuse_unknown(unknown, allowed | {'network_*'}, where, 'the option root', placement)
+    from basicsr_ext.data.realesrgan_degradation import second_order_prob
+    from basicsr_ext.utils.options import OptionError
+    try:
+        prob = second_order_prob(opt)
+    except ValueError as e:
+        raise OptionError(f'{where}: {e}') from None
+    if prob < 1.0 and opt.get('model_type') in ALWAYS_SECOND_ORDER_MODELS:
+        raise OptionError(f"{where}: second_order_prob {prob} would be ignored: model_type {opt['model_type']} "
+                          "degrades with BasicSR's RealESRGANModel.feed_data, which always applies the second "
+                          'stage (remove the key, or use a model that honours it, e.g. TVQRAPModel)')
+
+
+def check_option_keys(opt: Mapping[str, Any], source: str | None = None) -> None:
+    """Every dataset block (:func:`check_dataset_keys`) and the degradation root (:func:`check_degradation_keys`)
+    of a parsed option file; run by the patched ``parse_options`` (see :func:`install`), naming ``source``."""
+    source = source or (opt.get('opt_path') if isinstance(opt, Mapping) else None)
+    for phase, block in ((opt or {}).get('datasets') or {}).items():
+        check_dataset_keys(block, source, f'datasets:{phase}')
+    check_degradation_keys(opt, source)
+
+
 def check_dataset_options(opt: Mapping[str, Any]) -> None:
-    """Run the build-time check registered for ``opt['type']`` (nothing for other types, or with check: false)."""
+    """Refuse unknown keys (:func:`check_dataset_keys`), then run the build-time check registered for
+    ``opt['type']`` (nothing for other types, or with check: false)."""
     if not isinstance(opt, Mapping):
         raise DatasetError(f'a dataset block must be a mapping of options, got {type(opt).__name__}')
+    check_dataset_keys(opt)  # always: a misspelt key is not a data check to switch off
     check = opt.get('check', True)
     if check is False or check is None:
         return
@@ -548,11 +716,29 @@ def safe_imfrombytes(content: Any, flag: str = 'color', float32: bool = False) -
     return img
 
 
+def _checked_parse_options(parse: Callable) -> Callable:
+    """``parse_options`` followed by :func:`check_option_keys` (unknown keys named with the option file)."""
+    if getattr(parse, '_basicsr_ext_keys_checked', False):
+        return parse
+
+    def parse_options(root_path, is_train=True):
+        opt, args = parse(root_path, is_train=is_train)
+        check_option_keys(opt, getattr(args, 'opt', None) or opt.get('opt_path'))
+        return opt, args
+
+    parse_options._basicsr_ext_keys_checked = True
+    parse_options.__doc__ = parse.__doc__
+    return parse_options
+
+
 def install() -> None:
-    """Replace ``build_dataset`` in ``basicsr.data``, ``basicsr.train`` and ``basicsr.test`` (idempotent)."""
+    """Replace ``build_dataset`` in ``basicsr.data``, ``basicsr.train`` and ``basicsr.test``, and check the option
+    keys after ``parse_options`` in ``basicsr.train`` / ``basicsr.test`` (idempotent)."""
     import basicsr.data as bdata
     import basicsr.test as btest
     import basicsr.train as btrain
+    for mod in (btrain, btest):
+        mod.parse_options = _checked_parse_options(mod.parse_options)
     if getattr(bdata.build_dataset, '_basicsr_ext_checked', False):
         return
     _ORIGINAL['build_dataset'] = bdata.build_dataset

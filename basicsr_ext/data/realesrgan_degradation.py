@@ -5,16 +5,18 @@ BasicSR's ``RealESRGANModel.feed_data`` cannot be reused as is: its constructor 
 probability 0.5 (paper notes §4, "Degradation"). So the same steps, in the same order, are called here from
 BasicSR's functions (``filter2D``, ``random_add_gaussian_noise_pt``, ``random_add_poisson_noise_pt``,
 ``DiffJPEG``, ``USMSharp``; kernels from ``random_mixed_kernels`` / ``circular_lowpass_kernel`` with
-``RealESRGANDataset``'s sampling rules) with one extra option, ``second_degradation_prob``:
+``RealESRGANDataset``'s sampling rules) with one extra option, ``second_order_prob`` (the official TVQ&RAP
+name; ``second_degradation_prob`` is accepted as an alias):
 
-- with probability ``second_degradation_prob`` the second blur / resize / noise are applied (as in BasicSR);
+- with probability ``second_order_prob`` the second blur / resize / noise are applied (as in BasicSR);
   otherwise they are skipped and the image goes straight to the final step;
 - the final step is always applied: [resize to GT/scale + final sinc] and JPEG, in random order (BasicSR).
 
 Option keys are BasicSR's Real-ESRGAN keys (``resize_prob``, ``resize_range``, ``gaussian_noise_prob``,
 ``noise_range``, ``poisson_scale_range``, ``gray_noise_prob``, ``jpeg_range``, ``second_blur_prob``,
-``resize_prob2``, ... ``jpeg_range2``) read from the option root, plus ``second_degradation_prob`` (default 1.0
-= BasicSR's behaviour).
+``resize_prob2``, ... ``jpeg_range2``) read from the option root, plus ``second_order_prob`` (default 1.0
+= BasicSR's behaviour). The option root of a file that holds these keys is checked for unknown keys
+(:func:`basicsr_ext.data.checks.check_degradation_keys`): a misspelt key is an error, not a silent default.
 """
 from __future__ import annotations
 
@@ -34,15 +36,37 @@ DEGRADATION_KEYS = ('resize_prob', 'resize_range', 'gaussian_noise_prob', 'noise
                     'gray_noise_prob', 'jpeg_range', 'second_blur_prob', 'resize_prob2', 'resize_range2',
                     'gaussian_noise_prob2', 'noise_range2', 'poisson_scale_range2', 'gray_noise_prob2',
                     'jpeg_range2')
+#: the probability of the second stage: the official TVQ&RAP name first, then our earlier name (an alias)
+SECOND_ORDER_KEYS = ('second_order_prob', 'second_degradation_prob')
+#: every degradation key read from the option root
+ROOT_DEGRADATION_KEYS = DEGRADATION_KEYS + SECOND_ORDER_KEYS
 KERNEL_KEYS = ('kernel_list', 'kernel_prob', 'blur_sigma', 'betag_range', 'betap_range',
                'sinc_prob', 'kernel_list2', 'kernel_prob2', 'blur_sigma2', 'betag_range2',
                'betap_range2', 'sinc_prob2', 'final_sinc_prob')
+#: kernel keys of a dataset block (``KERNEL_KEYS`` + the optional maximum sizes)
+KERNEL_BLOCK_KEYS = KERNEL_KEYS + ('blur_kernel_size', 'blur_kernel_size2')
 _KERNEL_SIZES = [2 * v + 1 for v in range(3, 11)]  # 7 .. 21, as in RealESRGANDataset
 
 
+def second_order_prob(opt: Mapping) -> float:
+    """The probability of the second degradation stage: ``second_order_prob`` (official TVQ&RAP key) or its
+    alias ``second_degradation_prob``; 1.0 (BasicSR: always) when neither is given. Both with different values,
+    or a value outside [0, 1], is an error."""
+    given = {k: opt[k] for k in SECOND_ORDER_KEYS if opt.get(k) is not None}
+    values = {float(v) for v in given.values()}
+    if len(values) > 1:
+        raise ValueError(f'second_order_prob and its alias second_degradation_prob disagree ({given}); give one')
+    prob = values.pop() if values else 1.0
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f'second_order_prob must be a probability in [0, 1], got {prob}')
+    return prob
+
+
 def kernel_sizes(max_size: int | None) -> list[int]:
-    """Odd kernel sizes 7 .. ``max_size`` (21 = RealESRGANDataset's hard-coded range, which ignores
-    ``blur_kernel_size``; here it is honoured so that TVQ&RAP's second-stage kernels stay within 15)."""
+    """Odd kernel sizes 7 .. ``max_size`` (default 21). RealESRGANDataset and the official TVQ&RAP dataset
+    draw 7 .. 21 for both kernels whatever ``blur_kernel_size`` / ``blur_kernel_size2`` say (the official
+    TVQ&RAP file says 15 for the second kernel, ignored); here the key is honoured as a maximum, so the paper
+    option files set ``blur_kernel_size2: 21`` to draw the official 7 .. 21."""
     sizes = [k for k in _KERNEL_SIZES if k <= int(max_size or 21)]
     if not sizes:
         raise ValueError(f'blur_kernel_size must be at least 7, got {max_size}')
@@ -113,7 +137,9 @@ class RealESRGANDegradation(torch.nn.Module):
         if missing:
             raise KeyError(f'Real-ESRGAN degradation options missing at the option root: {", ".join(missing)}')
         self.opt = {k: opt[k] for k in DEGRADATION_KEYS}
-        self.second_prob = float(opt.get('second_degradation_prob', 1.0))
+        from basicsr_ext.data.checks import check_degradation_keys
+        check_degradation_keys(opt, opt.get('opt_path'))
+        self.second_prob = second_order_prob(opt)
         self.scale = int(scale)
         self.jpeger = DiffJPEG(differentiable=False)
         self.usm_sharpener = USMSharp()
@@ -129,7 +155,7 @@ class RealESRGANDegradation(torch.nn.Module):
         out = _random_noise(out, o['gaussian_noise_prob'], o['noise_range'], o['poisson_scale_range'],
                             o['gray_noise_prob'])
         out = self.jpeger(out.clamp(0, 1), quality=out.new_zeros(out.size(0)).uniform_(*o['jpeg_range']))
-        # second degradation (TVQ&RAP: with probability second_degradation_prob)
+        # second degradation (TVQ&RAP: with probability second_order_prob)
         if np.random.uniform() < self.second_prob:
             if np.random.uniform() < o['second_blur_prob']:
                 out = _filter(out, kernel2)

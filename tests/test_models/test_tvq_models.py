@@ -249,8 +249,9 @@ def test_paper_option_files_are_consistent():
         assert (opt['train']['stage'], opt['train']['total_iter']) == (stage, iters), file
         tset = opt['datasets']['train']
         assert (tset['gt_size'], tset['batch_size_per_gpu'], tset['resize_mode']) == (size, batch,
-                                                                                      'center_square_resize'), file
-        assert opt['second_degradation_prob'] == 0.5 and opt['queue_size'] % batch == 0, file
+                                                                                      'random_square_resize'), file
+        assert tset['blur_kernel_size2'] == 21, file  # official: second-stage kernel sizes 7-21
+        assert opt['second_order_prob'] == 0.5 and opt['queue_size'] % batch == 0, file
         assert {k: opt['network_tok'][k] for k in shared} == {k: opt['network_g'][k] for k in shared}, file
         assert {k: opt['network_tok'][k] for k in shared} == {k: tok['network_g'][k] for k in shared}, file
         assert 'network_tok' in opt['path']['ignore_resume_networks'], file
