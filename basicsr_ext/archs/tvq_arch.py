@@ -26,6 +26,7 @@ H/16-H/32 encoder stages and no auxiliary auto-encoder; ``structure_latent`` is 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,7 +34,9 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from basicsr_ext.archs.tvq_blocks import Downsample, ResBlock, SwinLayers, Upsample, check_multiple, lcm, normalize
+from basicsr_ext.archs.tvq_blocks import (GN_GROUPS, Downsample, SwinLayers, Upsample, check_multiple, lcm,
+                                          normalize)
+from basicsr_ext.archs.tvq_blocks import ResBlock as ResBlockBase
 
 
 class VectorQuantizer(nn.Module):
@@ -87,9 +90,10 @@ class BlockStack(nn.Module):
 
 
 def build_structure_path(structure_ch: int, mid_ch: int, emb_dim: int, img_size: int, num_heads: int,
-                         window_size: int, depth: int = 2) -> nn.Sequential:
+                         window_size: int, depth: int = 2, norm_groups: int = GN_GROUPS) -> nn.Sequential:
     """``generator.blocks_1``: F^L (H/32) -> conv, 5 ResBlocks, up, ResBlock->mid, 2 x (Swin + ResBlock) at H/16,
     up, ResBlock mid->emb, ResBlock -> S (emb_dim, H/8)."""
+    ResBlock = partial(ResBlockBase, groups=norm_groups)  # noqa: N806
     r16 = (img_size // 16, img_size // 16)
     blocks: list[nn.Module] = [nn.Conv2d(structure_ch, structure_ch, 3, 1, 1)]
     blocks += [ResBlock(structure_ch) for _ in range(5)]
@@ -100,16 +104,18 @@ def build_structure_path(structure_ch: int, mid_ch: int, emb_dim: int, img_size:
     return nn.Sequential(*blocks)
 
 
-def build_texture_head(in_ch: int, emb_dim: int) -> nn.Sequential:
+def build_texture_head(in_ch: int, emb_dim: int, norm_groups: int = GN_GROUPS) -> nn.Sequential:
     """``generator.blocks_2``: ResBlock(in->emb), ResBlock, GroupNorm, conv3x3 -> T (pre-quantisation)."""
-    return nn.Sequential(ResBlock(in_ch, emb_dim), ResBlock(emb_dim), normalize(emb_dim),
+    g = norm_groups
+    return nn.Sequential(ResBlockBase(in_ch, emb_dim, g), ResBlockBase(emb_dim, groups=g), normalize(emb_dim, g),
                          nn.Conv2d(emb_dim, emb_dim, 3, 1, 1))
 
 
 def build_decoder(emb_dim: int, dec_ch: Sequence[int], img_size: int, num_heads: int, window_size: int,
-                  depth: int = 2, out_ch: int = 3) -> nn.Sequential:
+                  depth: int = 2, out_ch: int = 3, norm_groups: int = GN_GROUPS) -> nn.Sequential:
     """``generator.blocks_3``: (S + q) at H/8 -> ResBlock, 2 x (Swin + ResBlock), then per x2 level an Upsample and
     3 ResBlocks (channels ``dec_ch`` for H/4, H/2, H), GroupNorm, conv3x3 -> image in [-1, 1] (no tanh)."""
+    ResBlock = partial(ResBlockBase, groups=norm_groups)  # noqa: N806
     r8 = (img_size // 8, img_size // 8)
     blocks: list[nn.Module] = [ResBlock(emb_dim)]
     for _ in range(2):
@@ -118,7 +124,7 @@ def build_decoder(emb_dim: int, dec_ch: Sequence[int], img_size: int, num_heads:
     for c in dec_ch:
         blocks += [Upsample(ch), ResBlock(ch, c), ResBlock(c), ResBlock(c)]
         ch = c
-    blocks += [normalize(ch), nn.Conv2d(ch, out_ch, 3, 1, 1)]
+    blocks += [normalize(ch, norm_groups), nn.Conv2d(ch, out_ch, 3, 1, 1)]
     return nn.Sequential(*blocks)
 
 
@@ -146,6 +152,8 @@ class TVQTokenizer(nn.Module):
         enc_depths: Swin depths of the encoder groups at H/8 and H/16 (4, 2); gen_depth: Swin depth in the
         generator groups (2); num_heads (8); window_size (8).
         img_size: HR size the persistent ``attn_mask`` buffers are built for (256 in the official checkpoints).
+        norm_groups: groups of every GroupNorm (32 = official). Reduced widths need fewer (e.g. 8 for 32-channel
+        layers) so that a group is not a single channel; the state dict is the same for any value.
     """
 
     def __init__(self, structure: bool = True, enc_ch: Sequence[int] = (64, 128, 128, 256, 256),
@@ -153,8 +161,10 @@ class TVQTokenizer(nn.Module):
                  emb_dim: int = 256, codebook_size: int = 1024, beta: float = 0.25,
                  dec_ch: Sequence[int] = (128, 128, 64), aux_ch: Sequence[int] = (32, 64),
                  enc_depths: Sequence[int] = (4, 2), gen_depth: int = 2, num_heads: int = 8, window_size: int = 8,
-                 img_size: int = 256) -> None:
+                 img_size: int = 256, norm_groups: int = GN_GROUPS) -> None:
         super().__init__()
+        ResBlock = partial(ResBlockBase, groups=norm_groups)  # noqa: N806
+        self.norm_groups = norm_groups
         c0, c1, c2, c3, c4 = enc_ch
         self.structure = structure
         self.window_size = window_size
@@ -173,14 +183,14 @@ class TVQTokenizer(nn.Module):
                     SwinLayers(c4, r16, [enc_depths[1]], num_heads, window_size), ResBlock(c4)]
             enc += [Downsample(c4), ResBlock(2 * c4, m0), ResBlock(m0), ResBlock(m0, m1), ResBlock(m1),
                     ResBlock(m1, structure_ch), ResBlock(structure_ch), ResBlock(structure_ch),
-                    normalize(structure_ch), nn.Conv2d(structure_ch, structure_ch, 3, 1, 1)]
+                    normalize(structure_ch, norm_groups), nn.Conv2d(structure_ch, structure_ch, 3, 1, 1)]
         self.encoder = BlockStack(enc)
         self.quantize = VectorQuantizer(codebook_size, emb_dim, beta)
         self.generator = TVQGenerator(
-            build_structure_path(structure_ch, struct_mid_ch, emb_dim, img_size, num_heads, window_size, gen_depth)
-            if structure else None,
-            build_texture_head(emb_dim + c3 if structure else c3, emb_dim),
-            build_decoder(emb_dim, dec_ch, img_size, num_heads, window_size, gen_depth))
+            build_structure_path(structure_ch, struct_mid_ch, emb_dim, img_size, num_heads, window_size, gen_depth,
+                                 norm_groups) if structure else None,
+            build_texture_head(emb_dim + c3 if structure else c3, emb_dim, norm_groups),
+            build_decoder(emb_dim, dec_ch, img_size, num_heads, window_size, gen_depth, norm_groups=norm_groups))
         if structure:
             a0, a1 = aux_ch
             self.lq_encoder = BlockStack([
@@ -189,7 +199,7 @@ class TVQTokenizer(nn.Module):
                 ResBlock(structure_ch)])
             self.lq_generator = BlockStack([
                 nn.Conv2d(structure_ch, a1, 3, 1, 1), ResBlock(a1), ResBlock(a1), Upsample(a1), ResBlock(a1),
-                ResBlock(a1), Upsample(a1), ResBlock(a1, a0), ResBlock(a0), normalize(a0),
+                ResBlock(a1), Upsample(a1), ResBlock(a1, a0), ResBlock(a0), normalize(a0, norm_groups),
                 nn.Conv2d(a0, 3, 3, 1, 1)])
         else:
             self.lq_encoder = None

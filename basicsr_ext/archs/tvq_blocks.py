@@ -2,7 +2,7 @@
 
 Numerics follow the official TVQ-RAP code (CodeFormer / SwinIR lineage), see ``/golden/README``:
 
-- :class:`ResBlock`: pre-activation GroupNorm(32, eps=1e-6) -> swish -> conv3x3, twice; a 1x1 ``conv_out`` skip
+- :class:`ResBlock`: pre-activation GroupNorm(``groups``, default 32 as the official code, eps=1e-6) -> swish -> conv3x3, twice; a 1x1 ``conv_out`` skip
   only when the channel count changes. swish(x) = x * sigmoid(x).
 - :class:`Downsample`: conv3x3 C -> C/2, then PixelUnshuffle(2) (2C channels out). The HR encoder and the LR
   encoder of the SR net use no bias, the auxiliary LR auto-encoder does (``bias`` flag, per the manifests).
@@ -30,11 +30,15 @@ GN_EPS = 1e-6
 MASK_VALUE = -100.0
 
 
-def normalize(channels: int) -> nn.GroupNorm:
-    """GroupNorm(32, C, eps=1e-6, affine) as in the official tokenizer (eps 1e-5 moves outputs past 1e-3)."""
-    if channels % GN_GROUPS:
-        raise ValueError(f'GroupNorm({GN_GROUPS}) needs a channel count divisible by {GN_GROUPS}, got {channels}')
-    return nn.GroupNorm(GN_GROUPS, channels, eps=GN_EPS, affine=True)
+def normalize(channels: int, groups: int = GN_GROUPS) -> nn.GroupNorm:
+    """GroupNorm(groups, C, eps=1e-6, affine); the official tokenizer uses 32 groups (eps 1e-5 moves outputs past
+    1e-3). Reduced-width nets pass fewer groups (``norm_groups``) so that each group keeps several channels: with
+    32 channels and 32 groups every GroupNorm is an instance norm and per-image channel means never reach the
+    decoder's output (issue "training that visibly works", README "Scaling the methods down")."""
+    if groups < 1 or channels % groups:
+        raise ValueError(f'GroupNorm({groups}) needs a channel count divisible by {groups}, got {channels} '
+                         f'(set norm_groups to a divisor of every width)')
+    return nn.GroupNorm(groups, channels, eps=GN_EPS, affine=True)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -44,13 +48,13 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 class ResBlock(nn.Module):
     """Pre-activation residual block: (GN -> swish -> conv3x3) x 2, plus a 1x1 ``conv_out`` skip if C changes."""
 
-    def __init__(self, in_channels: int, out_channels: int | None = None) -> None:
+    def __init__(self, in_channels: int, out_channels: int | None = None, groups: int = GN_GROUPS) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = normalize(in_channels)
+        self.norm1 = normalize(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2 = normalize(out_channels)
+        self.norm2 = normalize(out_channels, groups)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         if in_channels != out_channels:
             self.conv_out = nn.Conv2d(in_channels, out_channels, 1, 1, 0)

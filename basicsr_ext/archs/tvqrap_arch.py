@@ -44,13 +44,15 @@ non-multiple sizes); our default is the structural 32 (less padding, same result
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from basicsr_ext.archs.tvq_arch import BlockStack, TVQGenerator, VectorQuantizer, build_decoder, build_structure_path
-from basicsr_ext.archs.tvq_blocks import Downsample, ResBlock, SwinLayers, check_multiple, lcm
+from basicsr_ext.archs.tvq_blocks import GN_GROUPS, Downsample, SwinLayers, check_multiple, lcm
+from basicsr_ext.archs.tvq_blocks import ResBlock as ResBlockBase
 from basicsr_ext.utils.tiling import pad_to_multiple
 from basicsr_ext.utils.checkpoint import CheckpointError, describe_key_mismatch, extract_state_dict, load_checkpoint
 
@@ -91,6 +93,7 @@ class TVQRAPNet(nn.Module):
         pad_multiple: inference padding multiple of :meth:`forward` (None = structural 32; official test: 64).
         tokenizer_path / tokenizer_param_key: load blocks_1, blocks_3 and quantize from a stage-I checkpoint.
         fix_modules: frozen top-level modules (official ``['quantize', 'generator']``).
+        norm_groups: groups of every GroupNorm (32 = official); must equal the tokenizer's ``norm_groups``.
     """
 
     def __init__(self, lq_ch: Sequence[int] = (64, 128), emb_dim: int = 256, low_ch: int = 128,
@@ -99,8 +102,10 @@ class TVQRAPNet(nn.Module):
                  ft_depths: Sequence[int] = (6, 6), gen_depth: int = 2, num_heads: int = 8, window_size: int = 8,
                  img_size: int = 64, pad_multiple: int | None = None, tokenizer_path: str | None = None,
                  tokenizer_param_key: str = 'params_ema',
-                 fix_modules: Sequence[str] = ('quantize', 'generator')) -> None:
+                 fix_modules: Sequence[str] = ('quantize', 'generator'), norm_groups: int = GN_GROUPS) -> None:
         super().__init__()
+        ResBlock = partial(ResBlockBase, groups=norm_groups)  # noqa: N806
+        self.norm_groups = norm_groups
         c_in, c_lr = lq_ch
         self.size_multiple = lcm(8, 4 * window_size)
         self.pad_multiple = lcm(self.size_multiple, pad_multiple or self.size_multiple)
@@ -118,9 +123,9 @@ class TVQRAPNet(nn.Module):
         self.quantize = VectorQuantizer(codebook_size, emb_dim)
         self.generator = TVQGenerator(
             build_structure_path(structure_ch, struct_mid_ch, emb_dim, 4 * img_size, num_heads, window_size,
-                                 gen_depth),
+                                 gen_depth, norm_groups),
             None,
-            build_decoder(emb_dim, dec_ch, 4 * img_size, num_heads, window_size, gen_depth))
+            build_decoder(emb_dim, dec_ch, 4 * img_size, num_heads, window_size, gen_depth, norm_groups=norm_groups))
         self.blocks_fuse = nn.Sequential(
             ResBlock(2 * emb_dim, emb_dim), SwinLayers(emb_dim, r2, [fuse_depth], num_heads, window_size, conv=True),
             ResBlock(emb_dim))

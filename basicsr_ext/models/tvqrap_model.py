@@ -119,6 +119,10 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
         k_tok, k_g = codebook_weight(net).shape[0], bare.get_last_layer().shape[0]
         if k_tok != k_g:
             raise ConfigError(f'network_tok.codebook_size ({k_tok}) != the predictor head size of network_g ({k_g})')
+        g_tok, g_g = getattr(net, 'norm_groups', 32), getattr(bare, 'norm_groups', 32)
+        if g_tok != g_g:
+            raise ConfigError(f'network_tok.norm_groups ({g_tok}) != network_g.norm_groups ({g_g}): the frozen '
+                              'structure path and decoder must be built as in the stage-I run')
         if tuple(codebook_weight(net).shape) != tuple(codebook_weight(bare).shape):
             raise ConfigError(f'network_tok codebook {tuple(codebook_weight(net).shape)} != network_g codebook '
                               f'{tuple(codebook_weight(bare).shape)}: their tokenizer options differ')
