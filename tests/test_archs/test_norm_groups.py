@@ -1,0 +1,54 @@
+"""``norm_groups``: every GroupNorm of the TVQ archs follows it; 32 (official) stays the default; the state dict
+does not depend on it; a reduced 32-channel decoder with 32 groups cannot pass an image's mean colour to its
+output, with 8 groups it can (issue "training that visibly works", cause measured in shared/notes)."""
+import pytest
+import torch
+from torch import nn
+
+from basicsr_ext.archs.tvq_arch import TVQTokenizer, build_decoder
+from basicsr_ext.archs.tvqrap_arch import TVQRAPNet
+from tests.test_archs.tvq_tiny import TINY_TOKENIZER
+
+QUICK = dict(enc_ch=[32] * 5, latent_mid_ch=[32, 32], structure_ch=32, struct_mid_ch=32, emb_dim=32,
+             codebook_size=64, dec_ch=[32, 32, 32], aux_ch=[32, 32], enc_depths=[1, 1], gen_depth=1, num_heads=2,
+             window_size=4, img_size=64)
+
+
+def _groups(net: nn.Module) -> set[int]:
+    return {m.num_groups for m in net.modules() if isinstance(m, nn.GroupNorm)}
+
+
+def test_default_is_the_official_32_groups():
+    assert _groups(TVQTokenizer(**TINY_TOKENIZER)) == {32}
+
+
+@pytest.mark.parametrize('groups', [1, 8, 16])
+def test_every_groupnorm_follows_norm_groups_and_the_state_dict_is_unchanged(groups):
+    ref = TVQTokenizer(**QUICK)
+    tok = TVQTokenizer(**QUICK, norm_groups=groups)
+    assert _groups(tok) == {groups} and tok.norm_groups == groups
+    assert {k: v.shape for k, v in tok.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    sr = TVQRAPNet(lq_ch=[32, 32], emb_dim=32, low_ch=32, structure_ch=32, struct_mid_ch=32, dec_ch=[32, 32, 32],
+                   codebook_size=64, lq_depths=[1], fuse_depth=1, ft_depths=[1], gen_depth=1, num_heads=2,
+                   window_size=4, img_size=16, norm_groups=groups)
+    assert _groups(sr) == {groups}
+    sr.load_tokenizer(tok.state_dict(), None)  # same subtrees whatever the groups
+
+
+def test_a_group_count_that_does_not_divide_a_width_is_refused():
+    with pytest.raises(ValueError, match='norm_groups'):
+        TVQTokenizer(**QUICK, norm_groups=5)
+
+
+def test_with_one_channel_per_group_the_mean_colour_cannot_reach_the_output():
+    """Decoder GN -> conv: with 32 groups on 32 channels each channel is normalised to zero mean per image, so the
+    output's mean colour is (up to border effects) the same for every input; with 8 groups it follows the input."""
+    torch.manual_seed(0)
+    spread = {}
+    for groups in (32, 8):
+        dec = build_decoder(32, [32, 32, 32], 64, num_heads=2, window_size=4, depth=1, norm_groups=groups).eval()
+        z = torch.randn(6, 32, 8, 8) + torch.linspace(-3, 3, 6).view(6, 1, 1, 1) * torch.randn(1, 32, 1, 1)
+        with torch.no_grad():
+            means = dec(z).mean(dim=(2, 3))  # (6, 3) mean colour per image
+        spread[groups] = means.std(dim=0).mean().item()
+    assert spread[8] > 5 * spread[32], spread
