@@ -11,6 +11,7 @@ $(BIN)/.installed: requirements.txt constraints.txt setup.py
 	$(BIN)/pip install -q setuptools==80.10.2 wheel
 	$(BIN)/pip install -q --no-build-isolation -r requirements.txt -c constraints.txt
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	$(BIN)/python -m basicsr_ext.autoload install
 	touch $@
 
 venv: $(BIN)/.installed

@@ -1,26 +1,15 @@
 """basicsr_ext: TVQ&RAP and AESOP as BasicSR components.
 
-Importing this package applies the compatibility patches for PyPI basicsr 1.4.2 (see ``compat``), routes
-BasicSR's option parsing through the safe YAML loader, and registers every arch, dataset, loss, metric and
-model of ours into BasicSR's registries.
+Importing this package applies every change we make to BasicSR (the list in ``basicsr_ext.patches``: the compat
+fixes for PyPI basicsr 1.4.2 on today's stack, safe option parsing, dataset checks, …), then registers every
+arch, dataset, loss, metric and model of ours into BasicSR's registries. With the autoload hook installed
+(``python -m basicsr_ext.autoload install``), the first ``import basicsr`` of any process imports this package.
 """
-from . import compat
+from . import patches
 
-compat.apply()
+patches.apply_all()
 
-from .utils import options as _options  # noqa: E402
-
-_options.install()
-
-from .models import engine as _engine  # noqa: E402
-
-_engine.install_resumable_sampler()
-
-from . import archs, data, losses, metrics, models  # noqa: E402,F401
-from .data import checks as _dataset_checks  # noqa: E402
-
-_dataset_checks.install()  # dataset options checked at build time
-
+from . import archs, data, losses, metrics, models  # noqa: E402,F401  (registration)
 from .data.checks import DatasetError  # noqa: E402
 from .models.engine import ConfigError, NonFiniteLossError  # noqa: E402
 from .utils.checkpoint import CheckpointError  # noqa: E402

@@ -1,23 +1,23 @@
-"""Make PyPI ``basicsr==1.4.2`` work unmodified on torch 2.13 / torchvision 0.28 / numpy 2, on CPU and GPU.
+"""What PyPI ``basicsr==1.4.2`` needs to run on today's stack (torch 2.13, torchvision 0.28, numpy 2, CPU or GPU).
 
-Imported (and applied) first by ``basicsr_ext/__init__.py``, before anything imports torchvision or basicsr.
-Each patch is applied only when it is needed and says why in one comment. Nothing of ours is imported here.
+Implementations only: nothing here changes BasicSR or torchvision when imported. ``basicsr_ext.patches`` decides
+when each is needed and applies it (entries ``torchvision_ops``, ``dist_cpu``, ``resume_cpu``). This module imports
+only the standard library and torch at its top (BasicSR lazily, inside the functions that need it), and nothing
+of ours: what it needs from us (the weights-only checkpoint loader) is passed in.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
+from typing import Any, Callable
 
 import torch
 
-_APPLIED: dict[str, bool] = {}
-_TV_LIB = None  # keeps the torch.library.Library for the torchvision op schemas alive
 
-
-def _nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy IoU non-maximum suppression in plain torch (the semantics of torchvision.ops.nms)."""
+# ----------------------------------------------------------------------------------------------------------
+# torchvision_ops: a pure-torch nms for a torchvision whose C extension cannot load
+# ----------------------------------------------------------------------------------------------------------
+def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy IoU non-maximum suppression in plain torch (the semantics of ``torchvision.ops.nms``)."""
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     x1, y1, x2, y2 = boxes.unbind(1)
@@ -38,67 +38,36 @@ def _nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: flo
     return torch.stack(keep).to(torch.int64)
 
 
-def _patch_torchvision_ops() -> bool:
-    """torchvision's CUDA wheel cannot load its C extension next to a CPU torch, and then `import torchvision`
-    crashes on `register_fake("torchvision::nms")`; define the op schemas and a pure-torch nms (only then)."""
-    global _TV_LIB
-    if 'torchvision' in sys.modules:
+_nms_reference = nms_reference  # the name older tests and notes use
+
+
+def torchvision_extension_loads(so_dir: str) -> bool:
+    """Whether torchvision's compiled ops (``_C*.so`` in ``so_dir``) load next to this torch."""
+    candidates = sorted(f for f in os.listdir(so_dir) if f.startswith('_C') and f.endswith(('.so', '.pyd')))
+    if not candidates:
         return False
-    spec = importlib.util.find_spec('torchvision')
-    if spec is None or spec.origin is None:
-        return False
-    so_dir = os.path.dirname(spec.origin)
-    candidates = [os.path.join(so_dir, f) for f in os.listdir(so_dir) if f.startswith('_C') and f.endswith('.so')]
     try:
-        for lib in candidates[:1]:
-            torch.ops.load_library(lib)
-        if candidates:
-            return False  # the real extension loaded: nothing to patch
+        torch.ops.load_library(os.path.join(so_dir, candidates[0]))
     except (OSError, RuntimeError):
-        pass
-    _TV_LIB = torch.library.Library('torchvision', 'DEF')
-    _TV_LIB.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
-    _TV_LIB.define('qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
-    _TV_LIB.impl('nms', _nms_reference, 'CPU')
-    import torchvision.ops  # noqa: F401  (imports cleanly now)
-    import torchvision.ops.boxes
-
-    def nms(boxes, scores, iou_threshold):
-        return torch.ops.torchvision.nms(boxes, scores, iou_threshold)
-
-    torchvision.ops.nms = torchvision.ops.boxes.nms = nms
+        return False
     return True
 
 
-def _patch_functional_tensor() -> bool:
-    """basicsr/data/degradations.py imports `torchvision.transforms.functional_tensor`, renamed to
-    `_functional_tensor` in torchvision 0.17; alias the old name (only when it is missing)."""
-    try:
-        importlib.import_module('torchvision.transforms.functional_tensor')
-        return False
-    except ModuleNotFoundError:
-        sys.modules['torchvision.transforms.functional_tensor'] = importlib.import_module(
-            'torchvision.transforms._functional_tensor')
-        return True
+# ----------------------------------------------------------------------------------------------------------
+# dist_cpu: torchrun / slurm on CPU with gloo, DDP without CUDA device ids
+# ----------------------------------------------------------------------------------------------------------
+def make_init_dist(original: Callable) -> Callable:
+    """BasicSR's ``init_dist`` that also works without CUDA.
 
-
-def _patch_dist() -> bool:
-    """basicsr's `_init_dist_pytorch/_slurm` call torch.cuda.set_device unconditionally and use NCCL, and
-    `BaseModel.model_to_device` passes CUDA device_ids to DDP: on CPU use gloo and DDP without device ids."""
-    import basicsr.models.base_model as base_model
-    import basicsr.utils.dist_util as dist_util
-    import basicsr.utils.options as options
-    from torch.nn.parallel import DistributedDataParallel
-
-    if getattr(dist_util.init_dist, '_basicsr_ext', False):
-        return False
-    original_init_dist = dist_util.init_dist
-
+    basicsr 1.4.2's ``_init_dist_pytorch/_slurm`` call ``torch.cuda.set_device`` unconditionally (a
+    ZeroDivisionError on CPU) and use NCCL. With CUDA and NCCL: the original (torchrun's LOCAL_RANK picks the
+    device). Otherwise: gloo from the launcher's environment variables.
+    """
     def init_dist(launcher, backend='nccl', **kwargs):
         if torch.cuda.is_available() and torch.distributed.is_nccl_available():
             if launcher == 'pytorch':  # torchrun sets LOCAL_RANK; basicsr used RANK % num_gpus
                 torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-            return original_init_dist(launcher, backend, **kwargs)
+            return original(launcher, backend, **kwargs)
         import torch.multiprocessing as mp
         if mp.get_start_method(allow_none=True) is None:
             mp.set_start_method('spawn')
@@ -115,41 +84,48 @@ def _patch_dist() -> bool:
         torch.distributed.init_process_group(backend='gloo')
 
     init_dist._basicsr_ext = True
-    dist_util.init_dist = init_dist
-    options.init_dist = init_dist
-
-    def model_to_device(self, net):
-        net = net.to(self.device)
-        if self.opt['dist']:
-            find_unused = self.opt.get('find_unused_parameters', False)
-            if self.device.type == 'cuda':
-                net = DistributedDataParallel(
-                    net, device_ids=[torch.cuda.current_device()], find_unused_parameters=find_unused)
-            else:
-                net = DistributedDataParallel(net, find_unused_parameters=find_unused)
-        elif self.opt['num_gpu'] > 1:
-            net = torch.nn.DataParallel(net)
-        return net
-
-    base_model.BaseModel.model_to_device = model_to_device
-    return True
+    return init_dist
 
 
-def _patch_resume() -> bool:
-    """basicsr.train.load_resume_state maps the state to `torch.cuda.current_device()` (fails on CPU) and
-    unpickles without weights_only; replace it (train_pipeline looks the name up at call time)."""
-    import basicsr.train as btrain
-    if getattr(btrain.load_resume_state, '_basicsr_ext', False):
-        return False
+def model_to_device(self, net):
+    """``BaseModel.model_to_device`` that builds DDP without ``device_ids`` on CPU (1.4.2 always passes a CUDA id)."""
+    from torch.nn.parallel import DistributedDataParallel
+    net = net.to(self.device)
+    if self.opt['dist']:
+        find_unused = self.opt.get('find_unused_parameters', False)
+        if self.device.type == 'cuda':
+            net = DistributedDataParallel(
+                net, device_ids=[torch.cuda.current_device()], find_unused_parameters=find_unused)
+        else:
+            net = DistributedDataParallel(net, find_unused_parameters=find_unused)
+    elif self.opt['num_gpu'] > 1:
+        net = torch.nn.DataParallel(net)
+    return net
 
+
+model_to_device._basicsr_ext = True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# resume_cpu: load the training state where the pipeline saved it, on CPU when there is no GPU
+# ----------------------------------------------------------------------------------------------------------
+def make_load_resume_state(load_checkpoint: Callable[..., Any]) -> Callable[[dict], Any]:
+    """``basicsr.train.load_resume_state`` that works on CPU and reads states without unpickling code.
+
+    basicsr 1.4.2 maps the state to ``torch.cuda.current_device()`` (an AssertionError without CUDA), unpickles
+    it fully, and looks for ``--auto_resume`` states in ``experiments/<name>`` relative to the working directory
+    whatever ``root_path`` the pipeline writes to. This one looks in ``opt['path']['training_states']`` (where the
+    pipeline saves them), keeps only ``<iteration>.state`` files, and loads with ``load_checkpoint`` (ours:
+    ``torch.load(weights_only=True)`` with errors naming the file) onto the GPU when one is used, else the CPU.
+    """
     def load_resume_state(opt):
         from basicsr.utils import scandir
         from basicsr.utils.misc import check_resume
 
-        from basicsr_ext.utils.checkpoint import load_checkpoint
         path = None
         if opt['auto_resume']:
-            state_dir = os.path.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
+            state_dir = opt['path'].get('training_states') or os.path.join(
+                opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
             if os.path.isdir(state_dir):
                 states = [v for v in scandir(state_dir, suffix='.state', recursive=False, full_path=False)
                           if v[:-len('.state')].isdigit()]
@@ -169,16 +145,4 @@ def _patch_resume() -> bool:
         return state
 
     load_resume_state._basicsr_ext = True
-    btrain.load_resume_state = load_resume_state
-    return True
-
-
-def apply() -> dict[str, bool]:
-    """Apply every patch that this environment needs; idempotent. Returns {patch: applied now}."""
-    if _APPLIED:
-        return dict(_APPLIED)
-    _APPLIED['torchvision_ops'] = _patch_torchvision_ops()
-    _APPLIED['functional_tensor'] = _patch_functional_tensor()
-    _APPLIED['dist'] = _patch_dist()
-    _APPLIED['resume'] = _patch_resume()
-    return dict(_APPLIED)
+    return load_resume_state

@@ -3,8 +3,8 @@
 BasicSR 1.4.2 builds a dataset from its options without looking at the data: a missing folder, a GT/LQ count
 mismatch, an LMDB whose ``meta_info.txt`` names keys the database lacks, or a pair whose sizes disagree with the
 scale surface later as ``AssertionError``, ``ZeroDivisionError`` or ``'NoneType' object has no attribute 'astype'``
-(BasicSR #243, Real-ESRGAN #703, BasicSR #16). :func:`install` wraps ``basicsr.data.build_dataset`` (and the
-names ``basicsr.train`` / ``basicsr.test`` imported) so that, for the dataset types in :data:`DATASET_CHECKS`
+(BasicSR #243, Real-ESRGAN #703, BasicSR #16). :func:`checked_build_dataset` takes the place of BasicSR's
+``build_dataset`` (``basicsr_ext.patches``, entry ``dataset_checks``) so that, for the types in :data:`DATASET_CHECKS`
 (``PairedImageDataset``, ``SingleImageDataset``, ``RealESRGANDataset``, ``GTOnlyDataset``), with disk or LMDB
 backends, these fail at build with a :class:`DatasetError` naming the option, file or key:
 
@@ -27,8 +27,9 @@ Whatever the option, every dataset built through ``build_dataset`` also gets (a)
 and (b) sample errors that name the file: an exception while loading sample ``i`` (undecodable or missing
 LMDB value, truncated file, size mismatch found by BasicSR's crop, a GT that is not LQ x scale) is re-raised as
 a :class:`DatasetError` naming the sample's path(s) and dataset. BasicSR's ``imfrombytes`` is replaced (in
-``basicsr.utils`` and the dataset modules) by :func:`safe_imfrombytes`: same pixels for valid images, an error
-instead of ``None`` for missing/undecodable bytes, and ``read_image``'s pixel limit before OpenCV allocates.
+BasicSR's modules only, entry ``safe_imfrombytes``) by :func:`safe_imfrombytes`: same pixels for valid images, an
+error instead of ``None`` for missing/undecodable bytes, and ``read_image``'s pixel limit before OpenCV allocates.
+Our own datasets decode through :func:`basicsr_ext.utils.image_io.decode_image_bytes` directly.
 
 The dataset object keeps its class name and ``isinstance`` relations (a same-named subclass with the same
 layout); it pickles as the original class would.
@@ -552,7 +553,8 @@ def check_degradation_keys(opt: Mapping[str, Any], source: str | None = None) ->
 
 def check_option_keys(opt: Mapping[str, Any], source: str | None = None) -> None:
     """Every dataset block (:func:`check_dataset_keys`) and the degradation root (:func:`check_degradation_keys`)
-    of a parsed option file; run by the patched ``parse_options`` (see :func:`install`), naming ``source``."""
+    of a parsed option file; run after BasicSR's ``parse_options`` (:func:`_checked_parse_options`, applied by
+    ``basicsr_ext.patches``, entry ``option_keys``), naming ``source``."""
     source = source or (opt.get('opt_path') if isinstance(opt, Mapping) else None)
     for phase, block in ((opt or {}).get('datasets') or {}).items():
         check_dataset_keys(block, source, f'datasets:{phase}')
@@ -663,7 +665,7 @@ def name_sample_errors(dataset: Any) -> Any:
 def checked_build_dataset(dataset_opt: Mapping[str, Any], _build: Callable | None = None) -> Any:
     """``basicsr.data.build_dataset`` with the build-time checks, an empty-dataset error and named sample errors."""
     check_dataset_options(dataset_opt)
-    build = _build or _ORIGINAL['build_dataset']
+    build = _build or _stock_build_dataset()
     dataset = build(dataset_opt)
     try:
         n = len(dataset)
@@ -676,44 +678,26 @@ def checked_build_dataset(dataset_opt: Mapping[str, Any], _build: Callable | Non
     return name_sample_errors(dataset)
 
 
-_ORIGINAL: dict[str, Callable] = {}
+def _stock_build_dataset() -> Callable:
+    """BasicSR's own ``build_dataset`` (the patched name keeps it as ``__wrapped__``)."""
+    from basicsr.data import build_dataset
+    return getattr(build_dataset, '__wrapped__', build_dataset)
 
 
 def safe_imfrombytes(content: Any, flag: str = 'color', float32: bool = False) -> Any:
     """BasicSR's ``imfrombytes`` with errors instead of ``None`` surprises, and the pixel limit of ``read_image``.
 
-    ``None`` bytes (a key missing from an LMDB) and undecodable bytes raise DatasetError (the sample wrapper adds
-    the dataset and path); a header declaring more than :func:`~basicsr_ext.utils.image_io.get_max_pixels` pixels
-    is refused before OpenCV allocates it. Valid images decode exactly as in BasicSR.
+    :func:`basicsr_ext.utils.image_io.decode_image_bytes` (same pixels for valid images) whose failures are
+    DatasetErrors (the sample wrapper adds the dataset and path): ``None`` bytes (a key missing from an LMDB),
+    undecodable bytes, a header declaring more than :func:`~basicsr_ext.utils.image_io.get_max_pixels` pixels
+    (refused before OpenCV allocates it). ``basicsr_ext.patches`` (entry ``safe_imfrombytes``) puts it in
+    place of BasicSR's.
     """
-    import io
-
-    import cv2
-    import numpy as np
-    from PIL import Image
-
-    from basicsr_ext.utils.image_io import get_max_pixels
-    if content is None:
-        raise DatasetError('no image bytes (a key missing from the LMDB, or an unreadable file)')
+    from basicsr_ext.utils.image_io import ImageError, decode_image_bytes
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            with Image.open(io.BytesIO(content)) as im:
-                w, h = im.size
-    except Exception:  # noqa: BLE001 - PIL does not know every format OpenCV reads: leave it to OpenCV
-        w = h = 0
-    if w * h > get_max_pixels():
-        raise DatasetError(f'image header declares {w}x{h} pixels, over the limit {get_max_pixels()}')
-    flags = {'color': cv2.IMREAD_COLOR, 'grayscale': cv2.IMREAD_GRAYSCALE, 'unchanged': cv2.IMREAD_UNCHANGED}
-    try:
-        img = cv2.imdecode(np.frombuffer(content, np.uint8), flags[flag])
-    except cv2.error:
-        img = None
-    if img is None:
-        raise DatasetError(f'cannot decode {len(content)} image bytes (truncated or corrupt)')
-    if float32:
-        img = img.astype(np.float32) / 255.
-    return img
+        return decode_image_bytes(content, flag=flag, float32=float32)
+    except ImageError as e:
+        raise DatasetError(e.reason) from None
 
 
 def _checked_parse_options(parse: Callable) -> Callable:
@@ -729,35 +713,3 @@ def _checked_parse_options(parse: Callable) -> Callable:
     parse_options._basicsr_ext_keys_checked = True
     parse_options.__doc__ = parse.__doc__
     return parse_options
-
-
-def install() -> None:
-    """Replace ``build_dataset`` in ``basicsr.data``, ``basicsr.train`` and ``basicsr.test``, and check the option
-    keys after ``parse_options`` in ``basicsr.train`` / ``basicsr.test`` (idempotent)."""
-    import basicsr.data as bdata
-    import basicsr.test as btest
-    import basicsr.train as btrain
-    for mod in (btrain, btest):
-        mod.parse_options = _checked_parse_options(mod.parse_options)
-    if getattr(bdata.build_dataset, '_basicsr_ext_checked', False):
-        return
-    _ORIGINAL['build_dataset'] = bdata.build_dataset
-
-    def build_dataset(dataset_opt):
-        return checked_build_dataset(dataset_opt)
-
-    build_dataset._basicsr_ext_checked = True
-    build_dataset.__doc__ = checked_build_dataset.__doc__
-    for mod in (bdata, btrain, btest):
-        mod.build_dataset = build_dataset
-
-    import sys
-
-    import basicsr.utils as butils
-    import basicsr.utils.img_util as bimg
-    original = bimg.imfrombytes
-    prefixes = ('basicsr.data.', 'basicsr_ext.data.', 'basicsr.utils')
-    for name, mod in list(sys.modules.items()):
-        if name.startswith(prefixes) and getattr(mod, 'imfrombytes', None) is original:
-            mod.imfrombytes = safe_imfrombytes
-    butils.imfrombytes = bimg.imfrombytes = safe_imfrombytes

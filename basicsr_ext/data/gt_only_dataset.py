@@ -16,10 +16,11 @@ import numpy as np
 from torch.utils import data
 from basicsr.data.data_util import paths_from_lmdb
 from basicsr.data.transforms import augment
-from basicsr.utils import FileClient, imfrombytes, img2tensor, scandir
+from basicsr.utils import FileClient, img2tensor, scandir
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from basicsr_ext.data.realesrgan_degradation import KERNEL_BLOCK_KEYS, KERNEL_KEYS, sample_realesrgan_kernels
+from basicsr_ext.utils.image_io import decode_image_bytes
 
 RESIZE_MODES = ('random_crop', 'random_square_resize', 'center_square_resize', 'none')
 _IMG_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff', '.JPEG', '.PNG', '.JPG')
@@ -155,7 +156,7 @@ class GTOnlyDataset(data.Dataset):
             backend = dict(self.io_backend_opt)
             self.file_client = FileClient(backend.pop('type'), **backend)
         path = self.paths[index]
-        img = imfrombytes(self.file_client.get(path, 'gt'), float32=True)
+        img = decode_image_bytes(self.file_client.get(path, 'gt'), float32=True, name=path)  # BGR, [0, 1]
         train = self.opt.get('phase') == 'train'
         if self.resize_mode == 'random_square_resize':  # official order: flip first, then pad / crop / resize
             if train:

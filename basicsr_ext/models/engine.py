@@ -7,7 +7,7 @@
   Loss networks stay fp32: they run inside :meth:`fp32` blocks.
 - Exact resume: the training state also holds the GradScaler, the RNG states of torch, numpy and python
   (per rank, as tensors so that ``weights_only=True`` loads them) and the iteration; the train sampler skips
-  the samples already consumed in the interrupted epoch (see :class:`ResumableEnlargedSampler`).
+  the samples already consumed in the interrupted epoch (``basicsr_ext.data.sampler``).
 - Atomic checkpoints and states (temporary file + rename): a kill while saving never breaks ``--auto_resume``.
 - NaN/inf guard: a non-finite loss term stops training naming the term and the iteration, before any step
   or save, so the last good checkpoint is untouched.
@@ -21,18 +21,19 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 from collections import OrderedDict
 from copy import deepcopy
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.metrics import calculate_metric
 from basicsr.utils import get_root_logger, tensor2img
 
+# exact resume on the data side (RNG states as tensors, the sampler that skips consumed samples) lives in data/
+from basicsr_ext.data.sampler import (_PENDING_RESUME, ResumableEnlargedSampler, get_rng_state,  # noqa: F401
+                                      set_rng_state)
 from basicsr_ext.utils.checkpoint import CheckpointError, atomic_save, load_weights_into  # noqa: F401
 from basicsr_ext.utils.image_io import write_image_atomic
 
@@ -49,73 +50,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class ConfigError(ValueError):
     """An option that cannot work, found before the first iteration."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# exact resume: RNG states as tensors, and the sampler that skips consumed samples
-# ----------------------------------------------------------------------------------------------------------
-def get_rng_state() -> dict[str, torch.Tensor]:
-    """torch / numpy / python RNG states, all as tensors (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    state = {
-        'torch': torch.get_rng_state(),
-        'numpy_keys': torch.from_numpy(np_state[1].astype(np.int64)),
-        'numpy_meta': torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
-        'numpy_gauss': torch.tensor([np_state[4]], dtype=torch.float64),
-        'python': torch.tensor(list(py_internal), dtype=torch.int64),
-        'python_meta': torch.tensor([py_version, 0 if py_gauss is None else 1], dtype=torch.int64),
-        'python_gauss': torch.tensor([0.0 if py_gauss is None else py_gauss], dtype=torch.float64),
-    }
-    if torch.cuda.is_available():
-        state['cuda'] = torch.stack([s for s in torch.cuda.get_rng_state_all()]) if torch.cuda.device_count() else \
-            torch.empty(0)
-    return state
-
-
-def set_rng_state(state: Mapping[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state['torch'].cpu().to(torch.uint8))
-    meta = state['numpy_meta'].tolist()
-    np.random.set_state(('MT19937', state['numpy_keys'].numpy().astype(np.uint32), int(meta[0]), int(meta[1]),
-                         float(state['numpy_gauss'][0])))
-    version, has_gauss = state['python_meta'].tolist()
-    gauss = float(state['python_gauss'][0]) if has_gauss else None
-    random.setstate((int(version), tuple(int(v) for v in state['python'].tolist()), gauss))
-    if 'cuda' in state and torch.cuda.is_available() and state['cuda'].numel():
-        for i, s in enumerate(state['cuda'][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s.cpu().to(torch.uint8), i)
-
-
-_PENDING_RESUME: dict[str, Any] = {}
-
-
-class ResumableEnlargedSampler(EnlargedSampler):
-    """BasicSR's EnlargedSampler that, after a resume, continues the interrupted epoch where it stopped.
-
-    BasicSR restarts the interrupted epoch from its first sample; this skips the samples already consumed
-    (``(iter - epoch * batches_per_epoch) * batch_size``) and restores the RNG states saved with the state
-    right before the first resumed sample is drawn, so a resumed run sees exactly the batches and random
-    crops of an uninterrupted one (exact with ``num_worker_per_gpu: 0``; workers re-seed per epoch).
-    """
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        pending = _PENDING_RESUME.get('state')
-        if pending is not None and pending['epoch'] == self.epoch:
-            _PENDING_RESUME.clear()
-            batch = pending['batch_size']
-            per_epoch = len(indices) // batch  # the loader drops the last incomplete batch
-            consumed = max(0, pending['iter'] - self.epoch * per_epoch) * batch
-            indices = indices[consumed:]
-            if pending.get('rng') is not None:
-                set_rng_state(pending['rng'])
-        return iter(indices)
-
-
-def install_resumable_sampler() -> None:
-    """Make basicsr's train pipeline build our sampler (same constructor, same sampling)."""
-    import basicsr.train as btrain
-    btrain.EnlargedSampler = ResumableEnlargedSampler
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -228,6 +228,39 @@ def read_image(path: str, max_pixels: int | None = None, channel_order: str = 'r
     return np.ascontiguousarray(arr_f, dtype=np.float32), info
 
 
+def decode_image_bytes(content: bytes | None, flag: str = 'color', float32: bool = False,
+                       name: str = '<image bytes>', max_pixels: int | None = None) -> np.ndarray:
+    """BasicSR's ``imfrombytes`` (OpenCV, BGR, ``flag`` color|grayscale|unchanged, ``float32`` → [0, 1]) for
+    untrusted bytes: the same pixels for a valid image, an :class:`ImageError` naming ``name`` instead of a
+    ``None`` image, and the pixel limit (:func:`get_max_pixels`) checked from the header before OpenCV allocates.
+
+    ``None`` (a key missing from an LMDB) and undecodable or truncated bytes are errors. Formats PIL cannot
+    parse but OpenCV can are left to OpenCV.
+    """
+    if content is None:
+        raise ImageError(name, 'no image bytes (a key missing from the LMDB, or an unreadable file)')
+    flags = {'color': cv2.IMREAD_COLOR, 'grayscale': cv2.IMREAD_GRAYSCALE, 'unchanged': cv2.IMREAD_UNCHANGED}
+    if flag not in flags:
+        raise ValueError(f'flag must be one of {sorted(flags)}, got {flag!r}')
+    limit = get_max_pixels(max_pixels)
+    try:
+        with _pil_open(content) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - PIL does not know every format OpenCV reads: leave it to OpenCV
+        w = h = 0
+    if w * h > limit:
+        raise ImageError(name, f'image header declares {w}x{h} pixels, over the limit {limit}')
+    try:
+        img = cv2.imdecode(np.frombuffer(content, np.uint8), flags[flag])
+    except cv2.error:
+        img = None
+    if img is None:
+        raise ImageError(name, f'cannot decode {len(content)} image bytes (truncated or corrupt)')
+    if float32:
+        img = img.astype(np.float32) / 255.
+    return img
+
+
 def quantize(img: np.ndarray, bit_depth: int = 8) -> np.ndarray:
     """Float [0, 1] -> uint8 / uint16 with rounding (integer arrays pass through)."""
     if img.dtype in (np.uint8, np.uint16):

@@ -3,7 +3,8 @@
 PyPI basicsr 1.4.2 parses option files with PyYAML's full (C)Loader, so a ``!!python/object/apply`` tag in
 a downloaded ``.yml`` runs code, and ``--force_yml`` goes through ``exec``. Here the same options are parsed
 with a SafeLoader that keeps ordered mappings, ``~``, ``!!float 2e-4`` and anchors; any other tag stops
-with the file, line and tag named, before anything is constructed.
+with the file, line and tag named, before anything is constructed. ``basicsr_ext.patches`` (entry
+``safe_options``) puts :func:`parse_options`, :func:`ordered_yaml` and :func:`yaml_load` in place of BasicSR's.
 """
 from __future__ import annotations
 
@@ -209,7 +210,7 @@ def parse_options(root_path: str, is_train: bool = True):
         print('Disable distributed.', flush=True)
     else:
         opt['dist'] = True
-        import basicsr.utils.options as bopt  # its init_dist is patched by basicsr_ext.compat for CPU/gloo
+        import basicsr.utils.options as bopt  # its init_dist works on CPU (basicsr_ext.patches: dist_cpu)
         if args.launcher == 'slurm' and 'dist_params' in opt:
             bopt.init_dist(args.launcher, **opt['dist_params'])
         else:
@@ -267,21 +268,25 @@ def parse_options(root_path: str, is_train: bool = True):
     return opt, args
 
 
-def install() -> None:
-    """Route BasicSR's own option parsing (train/test pipelines, `ordered_yaml`) through the safe path."""
-    import basicsr.test as btest
-    import basicsr.train as btrain
-    import basicsr.utils.options as bopt
+def ordered_yaml():
+    """BasicSR's ``ordered_yaml()`` on the safe loader: (:class:`SafeOrderedLoader`, a Dumper that writes
+    OrderedDicts as plain mappings, as BasicSR's does)."""
+    try:
+        from yaml import CDumper as Dumper
+    except ImportError:
+        from yaml import Dumper
 
-    def ordered_yaml():
-        try:
-            from yaml import CDumper as Dumper
-        except ImportError:
-            from yaml import Dumper
-        return SafeOrderedLoader, Dumper
+    def dict_representer(dumper, data):
+        return dumper.represent_dict(data.items())
 
-    bopt.ordered_yaml = ordered_yaml
-    for mod in (bopt, btrain, btest):
-        mod.parse_options = parse_options
-    if hasattr(bopt, 'yaml_load'):
-        bopt.yaml_load = lambda f: yaml_load_safe(open(f) if osp.isfile(f) else f)
+    Dumper.add_representer(OrderedDict, dict_representer)
+    return SafeOrderedLoader, Dumper
+
+
+def yaml_load(f: Any) -> Any:
+    """BasicSR's ``yaml_load(f)`` (later BasicSR versions): a path is read (and closed), anything else is parsed
+    as YAML text or stream; on the safe loader."""
+    if isinstance(f, (str, os.PathLike)) and osp.isfile(f):
+        with open(f, encoding='utf-8') as fh:
+            return yaml_load_safe(fh, name=str(f))
+    return yaml_load_safe(f)

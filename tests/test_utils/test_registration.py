@@ -13,11 +13,12 @@ EXPECTED = {
 
 PROBE = r'''
 import importlib.util, json, os, sys
-# load compat.py alone (importing basicsr_ext.compat would run the package __init__ and register everything)
-spec = importlib.util.spec_from_file_location('_compat_alone', os.path.join(sys.argv[1], 'basicsr_ext', 'compat.py'))
-compat = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compat)
-compat._patch_torchvision_ops(); compat._patch_functional_tensor()
+# stock BasicSR first (BASICSR_EXT_AUTOLOAD=0): load patches.py alone (importing basicsr_ext.patches would run the
+# package __init__ and register everything) and apply only the torchvision entries that `import basicsr` needs
+spec = importlib.util.spec_from_file_location('_patches_alone', os.path.join(sys.argv[1], 'basicsr_ext', 'patches.py'))
+patches = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(patches)
+patches.apply_all(stage='before_basicsr')
 
 from basicsr.utils import registry as r
 regs = {'arch': r.ARCH_REGISTRY, 'model': r.MODEL_REGISTRY, 'loss': r.LOSS_REGISTRY, 'dataset': r.DATASET_REGISTRY,
@@ -33,7 +34,9 @@ print(json.dumps({k: sorted(after[k] - before[k]) for k in regs}))
 
 def test_import_registers_ours_and_nothing_of_basicsr():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, '-c', PROBE, root], capture_output=True, text=True, timeout=120, cwd=root)
+    env = dict(os.environ, BASICSR_EXT_AUTOLOAD='0')  # else `import basicsr` would already import basicsr_ext
+    out = subprocess.run([sys.executable, '-c', PROBE, root], capture_output=True, text=True, timeout=120, cwd=root,
+                         env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     import json
     added = json.loads(out.stdout.strip().splitlines()[-1])
