@@ -6,25 +6,11 @@ can bring basicsr_ext in.
 """
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from basicsr_ext import autoload
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def child_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', autoload.ENV)}
-    env.update(OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', **extra)
-    return env
-
-
-def run_python(args, cwd, timeout=300, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env(**extra), capture_output=True, text=True,
-                          timeout=timeout)
+from tests.test_plugin.children import ROOT, run_python
 
 
 def test_startup_imports_neither_torch_nor_basicsr_ext(tmp_path):

@@ -329,3 +329,9 @@ def test_patch_script_pipelines():
     finally:
         sys.argv = argv
     assert fresh['load_resume_state'] is btrain.load_resume_state
+
+
+def test_readme_lists_every_patch():
+    readme = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
+    for row in patches.table(markdown=True).splitlines():
+        assert row in readme, f'README table out of date (python -m basicsr_ext.patches --markdown): {row[:80]}'
