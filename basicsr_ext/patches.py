@@ -154,6 +154,16 @@ def _resume_cpu() -> str:
     return APPLIED
 
 
+def _safe_load_network() -> str:
+    import basicsr.models.base_model as base_model
+    ours = _ours('utils.checkpoint').load_network
+    if base_model.BaseModel.load_network is ours:
+        return ALREADY
+    _STOCK['load_network'] = base_model.BaseModel.load_network
+    base_model.BaseModel.load_network = ours
+    return APPLIED
+
+
 def _safe_options() -> str:
     import basicsr.utils.options as bopt
     ours = _ours('utils.options')
@@ -359,6 +369,14 @@ PATCHES: tuple[Patch, ...] = (
           "basicsr.train.load_resume_state: reads opt['path']['training_states'], weights-only, on the GPU in use "
           'or the CPU',
           _resume_cpu),
+    Patch('safe_load_network', UPGRADE, 'basicsr 1.4.2 (every model: path.pretrain_network_*)',
+          'BaseModel.load_network calls torch.load without weights_only: a pickle payload in a downloaded .pth runs '
+          'code whenever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (else a traceback); NaN/inf weights load silently and '
+          'give black images',
+          'BaseModel.load_network: weights_only=True passed explicitly (the environment variable cannot override '
+          'it), weights checked finite (the first bad tensor named), one CheckpointError naming the file; the '
+          'file and key loaded are logged (training states: entry resume_cpu)',
+          _safe_load_network),
     Patch('safe_options', UPGRADE, 'basicsr 1.4.2 (and yaml_load of later BasicSR)',
           'option files are parsed with the full YAML loader: a !!python/object tag in a downloaded .yml runs '
           'code; --force_yml goes through exec',

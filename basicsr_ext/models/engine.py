@@ -34,7 +34,7 @@ from basicsr.utils import get_root_logger, tensor2img
 # exact resume on the data side (RNG states as tensors, the sampler that skips consumed samples) lives in data/
 from basicsr_ext.data.sampler import (_PENDING_RESUME, ResumableEnlargedSampler, get_rng_state,  # noqa: F401
                                       set_rng_state)
-from basicsr_ext.utils.checkpoint import CheckpointError, atomic_save, load_weights_into  # noqa: F401
+from basicsr_ext.utils.checkpoint import CheckpointError, atomic_save, load_network, load_weights_into  # noqa: F401
 from basicsr_ext.utils.image_io import write_image_atomic
 
 ENGINE_TRAIN_KEYS = ('use_amp', 'amp_dtype', 'channels_last', 'compile', 'grad_clip')
@@ -174,13 +174,9 @@ class EngineMixin:
         net = super().get_bare_model(net)
         return getattr(net, '_orig_mod', net)  # torch.compile wrapper
 
-    def load_network(self, net: torch.nn.Module, load_path: str, strict: bool = True,
-                     param_key: str | None = 'params') -> None:
-        """Weights-only load; ``param_key`` → params_ema → params → raw dict; official layouts translated."""
-        logger = get_root_logger()
-        net = self.get_bare_model(net)
-        logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
-        load_weights_into(net, load_path, param_key, strict, logger)  # basicsr_ext.utils.checkpoint
+    #: weights-only, finite, ``param_key`` → params_ema → params → raw dict, official layouts translated (the
+    #: function patches.py also gives BasicSR's BaseModel)
+    load_network = load_network
 
     def save_network(self, net, net_label: str, current_iter, param_key='params') -> None:
         """BasicSR's layout (``{param_key: state_dict}``), written atomically."""

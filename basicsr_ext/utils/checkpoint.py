@@ -40,17 +40,16 @@ def load_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
         raise CheckpointError(f'cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:300]}') from None
 
 
-def extract_state_dict(ckpt: Any, param_key: str | None = 'params_ema', path: str = '<checkpoint>') -> 'OrderedDict[str, torch.Tensor]':
-    """Pick the weights out of a loaded checkpoint: ``param_key`` → ``params_ema`` → ``params`` → the raw dict.
-
-    A leading ``module.`` (DDP) is stripped from every key.
-    """
+def pick_state_dict(ckpt: Any, param_key: str | None = 'params_ema',
+                    path: str = '<checkpoint>') -> 'tuple[str | None, OrderedDict[str, torch.Tensor]]':
+    """(the key the weights were taken from, or None for the top level; the weights): see
+    :func:`extract_state_dict`."""
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f'{path}: expected a dict of tensors, got {type(ckpt).__name__}')
-    sd = None
+    sd, used = None, None
     for key in [param_key, 'params_ema', 'params', 'state_dict']:
         if key is not None and key in ckpt and isinstance(ckpt[key], Mapping):
-            sd = ckpt[key]
+            sd, used = ckpt[key], key
             break
     if sd is None:
         sd = ckpt
@@ -59,7 +58,29 @@ def extract_state_dict(ckpt: Any, param_key: str | None = 'params_ema', path: st
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             raise CheckpointError(f'{path}: entry {k!r} is not a tensor; keys found: {list(ckpt)[:8]}')
         out[k[7:] if k.startswith('module.') else k] = v
-    return out
+    return used, out
+
+
+def extract_state_dict(ckpt: Any, param_key: str | None = 'params_ema', path: str = '<checkpoint>') -> 'OrderedDict[str, torch.Tensor]':
+    """Pick the weights out of a loaded checkpoint: ``param_key`` → ``params_ema`` → ``params`` → the raw dict.
+
+    A leading ``module.`` (DDP) is stripped from every key.
+    """
+    return pick_state_dict(ckpt, param_key, path)[1]
+
+
+def check_finite(state_dict: Mapping[str, Any], path: str = '<checkpoint>') -> None:
+    """Refuse weights holding NaN or inf (they give black or NaN images): CheckpointError naming the file and the
+    first bad tensor (floating-point and complex tensors are checked; integer ones cannot be non-finite)."""
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor) or not (v.is_floating_point() or v.is_complex()) or v.numel() == 0:
+            continue
+        finite = torch.isfinite(v)
+        if not bool(finite.all()):
+            n_nan = int(torch.isnan(v).sum())
+            raise CheckpointError(
+                f'{path}: tensor {k!r} {tuple(v.shape)} holds non-finite values ({n_nan} NaN, '
+                f'{int((~finite).sum()) - n_nan} inf of {v.numel()}); refused (a diverged or corrupted checkpoint)')
 
 
 def atomic_save(obj: Any, path: str, save_fn: Callable[[Any, str], None] | None = None) -> None:
@@ -101,12 +122,14 @@ def load_weights_into(net: torch.nn.Module, path: str, param_key: str | None = '
 
     Weights-only; ``param_key`` → ``params_ema`` → ``params`` → raw dict; ``module.`` stripped; if ``net`` has
     ``convert_official_state_dict(sd) -> (sd, layout | None)`` it translates a released layout first (one log
-    line). ``strict``: any missing/unexpected/wrong-shape key is a CheckpointError listing them; otherwise
+    line). Non-finite weights are a CheckpointError naming the tensor (:func:`check_finite`); the file and the key
+    the weights came from are logged through ``logger`` once loaded. ``strict``: any missing/unexpected/wrong-shape key is a CheckpointError listing them; otherwise
     mismatches are skipped with a warning through ``logger`` (a ``logging.Logger``; default silent).
     """
     info = logger.info if logger is not None else (lambda msg: None)
     warn = logger.warning if logger is not None else (lambda msg: None)
-    state_dict = extract_state_dict(load_checkpoint(path), param_key, path)
+    used, state_dict = pick_state_dict(load_checkpoint(path), param_key, path)
+    check_finite(state_dict, path)
     converter = getattr(net, 'convert_official_state_dict', None)
     if converter is not None:
         state_dict, layout = converter(state_dict)
@@ -131,4 +154,23 @@ def load_weights_into(net: torch.nn.Module, path: str, param_key: str | None = '
         if missing or unexpected:
             warn(describe_key_mismatch(missing, unexpected, path))
     net.load_state_dict(state_dict, strict=strict)
+    info(f'Loaded {len(state_dict)} tensors into {type(net).__name__} from {path} '
+         f'[{"key " + repr(used) if used else "top level"}].')
     return net
+
+
+def load_network(self: Any, net: torch.nn.Module, load_path: str, strict: bool = True,
+                 param_key: str | None = 'params') -> None:
+    """``BaseModel.load_network`` (a method: ``self`` is the model) on :func:`load_weights_into`.
+
+    Same signature and layout as BasicSR 1.4.2's: ``param_key`` (BasicSR falls back to ``params``; here
+    ``param_key`` → ``params_ema`` → ``params`` → the raw dict), ``module.`` stripped, ``strict``. Unlike
+    BasicSR's: weights-only whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says, weights checked finite,
+    and a missing file or key mismatch is one CheckpointError naming the file. ``basicsr_ext.patches``
+    (entry ``safe_load_network``) puts it in place of BasicSR's; ``EngineMixin`` uses it too.
+    """
+    from basicsr.utils import get_root_logger  # lazy: this module imports only torch at its top
+    logger = get_root_logger()
+    net = self.get_bare_model(net)
+    logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+    load_weights_into(net, load_path, param_key, strict, logger)

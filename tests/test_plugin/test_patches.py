@@ -176,6 +176,50 @@ def test_patch_resume_cpu(tmp_path):
         btrain.load_resume_state(dict(opt, path=dict(opt['path'])))
 
 
+class _Payload:
+    """Unpickling this runs ``touch <sentinel>`` (in a loader that is not weights-only)."""
+
+    def __init__(self, sentinel):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.sentinel}', )
+
+
+def test_patch_safe_load_network(tmp_path, monkeypatch):
+    """BasicSR's load_network unpickles fully (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 makes torch.load run a payload);
+    ours is weights-only whatever the variable says, refuses NaN weights and names the file."""
+    from basicsr.models.base_model import BaseModel
+    from basicsr.models.sr_model import SRModel
+
+    from basicsr_ext.utils.checkpoint import CheckpointError, load_network
+    assert _state('safe_load_network') in DONE
+    assert BaseModel.load_network is load_network and SRModel.load_network is load_network
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    model = BaseModel.__new__(BaseModel)
+    net = torch.nn.Conv2d(3, 4, 3)
+    sentinel = tmp_path / 'pwned'
+    bad = tmp_path / 'payload.pth'
+    torch.save({'params': net.state_dict(), 'x': _Payload(sentinel)}, bad)
+    with pytest.raises(CheckpointError, match='payload.pth.*arbitrary unpickling'):
+        model.load_network(net, str(bad))
+    assert not sentinel.exists()
+    nan = {k: v.clone() for k, v in net.state_dict().items()}
+    nan['bias'][1] = float('nan')
+    torch.save({'params': nan}, tmp_path / 'nan.pth')
+    with pytest.raises(CheckpointError, match=r"nan.pth: tensor 'bias' .*1 NaN"):
+        model.load_network(net, str(tmp_path / 'nan.pth'))
+    with pytest.raises(CheckpointError, match='not found'):
+        model.load_network(net, str(tmp_path / 'missing.pth'))
+    good = torch.nn.Conv2d(3, 4, 3)
+    torch.save({'params': {f'module.{k}': v for k, v in good.state_dict().items()}}, tmp_path / 'good.pth')
+    model.load_network(net, str(tmp_path / 'good.pth'), param_key='params_ema')  # BasicSR: falls back to params
+    assert torch.equal(net.weight, good.weight)
+    # the control: the stock loader does run this payload under the variable
+    patches._STOCK['load_network'](model, net, str(bad))
+    assert sentinel.exists()
+
+
 def _hostile_option_file(tmp_path, sentinel):
     path = tmp_path / 'bad.yml'
     path.write_text(f'name: demo\nmodel_type: SRModel\nnum_gpu: 0\ndatasets: {{}}\n'
