@@ -8,7 +8,8 @@ scale surface later as ``AssertionError``, ``ZeroDivisionError`` or ``'NoneType'
 (``PairedImageDataset``, ``SingleImageDataset``, ``RealESRGANDataset``, ``GTOnlyDataset``), with disk or LMDB
 backends, these fail at build with a :class:`DatasetError` naming the option, file or key:
 
-- a missing folder / LMDB / meta-info file, an empty folder, database or meta-info file;
+- a missing folder / LMDB / meta-info file, an empty folder, database or meta-info file; an LMDB whose
+  ``data.mdb`` is shorter than its meta page says (truncated: reading it would be a SIGBUS, exit 135);
 - an LMDB whose ``meta_info.txt`` names keys missing from the database, or the reverse; GT/LQ LMDBs with
   different keys;
 - a meta-info line that escapes the dataset root (absolute path or a ``..`` component);
@@ -154,14 +155,64 @@ def lmdb_meta_keys(lmdb_path: str) -> dict[str, tuple[int, int, int] | None]:
     return keys
 
 
-def lmdb_db_keys(lmdb_path: str) -> set[str]:
-    """All keys stored in an LMDB (read-only, no lock; values are not read)."""
+def check_lmdb_size(env: Any, lmdb_path: str) -> None:
+    """Refuse an LMDB whose ``data.mdb`` is shorter than its own meta page says (a truncated copy or download).
+
+    LMDB memory-maps the file: reading a page past its end kills the process with SIGBUS (exit 135) at whatever
+    iteration first touches it. The meta page (read with ``pread`` when the environment opens, so safe) names the
+    last page in use: the file must hold ``(last_pgno + 1) * psize`` bytes.
+    """
+    data = osp.join(lmdb_path, 'data.mdb')
+    try:
+        size = os.path.getsize(data)
+        need = (int(env.info()['last_pgno']) + 1) * int(env.stat()['psize'])
+    except Exception as e:  # noqa: BLE001 - lmdb.Error, OSError: either way the database cannot be used
+        raise DatasetError(f'{data}: cannot read the LMDB meta page ({type(e).__name__}: {str(e)[:200]})') from None
+    if size < need:
+        raise DatasetError(f'{data} is truncated: {size} bytes, but its meta page says the database uses {need} '
+                           f'bytes ({need // int(env.stat()["psize"])} pages); copy or rebuild the LMDB '
+                           '(reading it would crash training with SIGBUS)')
+
+
+def check_lmdb_files(opt: Mapping[str, Any]) -> None:
+    """:func:`check_lmdb_size` for every ``dataroot_*`` LMDB of a dataset block with ``io_backend.type: lmdb``
+    (any dataset type, whatever ``check`` says: it opens the database and reads its meta page, nothing more)."""
+    backend = opt.get('io_backend')
+    if not isinstance(backend, Mapping) or backend.get('type') != 'lmdb':
+        return
     import lmdb
+    for key, path in opt.items():
+        if not (isinstance(key, str) and key.startswith('dataroot') and isinstance(path, str)):
+            continue
+        data = osp.join(path, 'data.mdb')
+        if not osp.isfile(data):
+            continue  # the type's own check (or BasicSR) names a missing database
+        try:
+            env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True, max_readers=4)
+        except lmdb.Error as e:
+            raise DatasetError(f"dataset {opt.get('name', '?')!r}: {key} {data}: cannot open the LMDB "
+                               f'({type(e).__name__}: {str(e)[:200]})') from None
+        try:
+            check_lmdb_size(env, path)
+        except DatasetError as e:
+            raise DatasetError(f"dataset {opt.get('name', '?')!r}: {key} {e}") from None
+        finally:
+            env.close()
+
+
+def lmdb_db_keys(lmdb_path: str) -> set[str]:
+    """All keys stored in an LMDB (read-only, no lock; values are not read); a truncated ``data.mdb`` is refused
+    first (:func:`check_lmdb_size`)."""
+    import lmdb
+    data = osp.join(lmdb_path, 'data.mdb')
+    if not osp.isfile(data):
+        raise DatasetError(f'{lmdb_path}: no data.mdb in the LMDB folder')
     try:
         env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False, subdir=True, max_readers=4)
     except lmdb.Error as e:
-        raise DatasetError(f'{lmdb_path}: cannot open the LMDB ({type(e).__name__}: {str(e)[:200]})') from None
+        raise DatasetError(f'{data}: cannot open the LMDB ({type(e).__name__}: {str(e)[:200]})') from None
     try:
+        check_lmdb_size(env, lmdb_path)
         with env.begin(write=False) as txn:
             return {k.decode('ascii', 'backslashreplace') for k in txn.cursor().iternext(keys=True, values=False)}
     except lmdb.Error as e:
@@ -567,6 +618,7 @@ def check_dataset_options(opt: Mapping[str, Any]) -> None:
     if not isinstance(opt, Mapping):
         raise DatasetError(f'a dataset block must be a mapping of options, got {type(opt).__name__}')
     check_dataset_keys(opt)  # always: a misspelt key is not a data check to switch off
+    check_lmdb_files(opt)  # always, any type: a truncated LMDB is a SIGBUS, not a slow check
     check = opt.get('check', True)
     if check is False or check is None:
         return
