@@ -109,38 +109,69 @@ model_to_device._basicsr_ext = True
 # ----------------------------------------------------------------------------------------------------------
 # resume_cpu: load the training state where the pipeline saved it, on CPU when there is no GPU
 # ----------------------------------------------------------------------------------------------------------
-def make_load_resume_state(load_checkpoint: Callable[..., Any]) -> Callable[[dict], Any]:
-    """``basicsr.train.load_resume_state`` that works on CPU and reads states without unpickling code.
+def make_load_resume_state(load_checkpoint: Callable[..., Any],
+                           problem: Callable[[Any, str, dict], str | None] | None = None,
+                           error: type[Exception] = RuntimeError) -> Callable[[dict], Any]:
+    """``basicsr.train.load_resume_state`` that works on CPU, reads states without unpickling code, and resumes
+    from the newest *usable* state.
 
     basicsr 1.4.2 maps the state to ``torch.cuda.current_device()`` (an AssertionError without CUDA), unpickles
-    it fully, and looks for ``--auto_resume`` states in ``experiments/<name>`` relative to the working directory
-    whatever ``root_path`` the pipeline writes to. This one looks in ``opt['path']['training_states']`` (where the
-    pipeline saves them), keeps only ``<iteration>.state`` files, and loads with ``load_checkpoint`` (ours:
-    ``torch.load(weights_only=True)`` with errors naming the file) onto the GPU when one is used, else the CPU.
+    it fully, looks for ``--auto_resume`` states in ``experiments/<name>`` relative to the working directory
+    whatever ``root_path`` the pipeline writes to, and stops at the newest state even when it is a 0-byte file
+    left by a kill. This one looks in ``opt['path']['training_states']`` (where the pipeline saves them), keeps
+    only ``<iteration>.state`` files, and loads with ``load_checkpoint`` (ours: ``torch.load(weights_only=True)``
+    with errors naming the file) onto the GPU when one is used, else the CPU. With ``--auto_resume``, a state
+    that fails to load (``error``) or that ``problem(state, path, opt)`` objects to is skipped with a one-line
+    warning on stderr and the next older one is tried; when none is usable, ``error`` names the folder.
     """
-    def load_resume_state(opt):
+    import sys
+
+    def load(path, opt):
+        if torch.cuda.is_available() and opt.get('num_gpu', 0) != 0:
+            device_id = torch.cuda.current_device()
+            return load_checkpoint(path, map_location=lambda storage, loc: storage.cuda(device_id))
+        return load_checkpoint(path, map_location='cpu')
+
+    def newest_usable(state_dir, opt):
         from basicsr.utils import scandir
+        iters = sorted((int(v[:-len('.state')]) for v in scandir(state_dir, suffix='.state', recursive=False)
+                        if v[:-len('.state')].isdigit()), reverse=True)
+        skipped = []
+        for it in iters:
+            path = os.path.join(state_dir, f'{it}.state')
+            try:
+                state = load(path, opt)
+                why = problem(state, path, opt) if problem is not None else None
+            except error as e:
+                why = str(e)
+            if why is None:
+                for reason in skipped:
+                    print(f'warning: --auto_resume skipped {reason}', file=sys.stderr, flush=True)
+                if skipped:
+                    print(f'warning: --auto_resume resumes from {path} instead', file=sys.stderr, flush=True)
+                return path, state
+            skipped.append(why)
+        if skipped:
+            raise error(f'--auto_resume: none of the {len(iters)} training states in {state_dir} can be resumed '
+                        f'from (newest: {skipped[0]}); remove them to start afresh, or set path.resume_state')
+        return None, None
+
+    def load_resume_state(opt):
         from basicsr.utils.misc import check_resume
 
-        path = None
+        path = state = None
         if opt['auto_resume']:
             state_dir = opt['path'].get('training_states') or os.path.join(
                 opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
             if os.path.isdir(state_dir):
-                states = [v for v in scandir(state_dir, suffix='.state', recursive=False, full_path=False)
-                          if v[:-len('.state')].isdigit()]
-                if states:
-                    path = os.path.join(state_dir, f"{max(int(v[:-len('.state')]) for v in states)}.state")
+                path, state = newest_usable(state_dir, opt)
+                if path is not None:
                     opt['path']['resume_state'] = path
         elif opt['path'].get('resume_state'):
             path = opt['path']['resume_state']
+            state = load(path, opt)
         if path is None:
             return None
-        if torch.cuda.is_available() and opt.get('num_gpu', 0) != 0:
-            device_id = torch.cuda.current_device()
-            state = load_checkpoint(path, map_location=lambda storage, loc: storage.cuda(device_id))
-        else:
-            state = load_checkpoint(path, map_location='cpu')
         check_resume(opt, state['iter'])
         return state
 

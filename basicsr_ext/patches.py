@@ -14,9 +14,9 @@ already applied (by an earlier import, or by another copy of this file) is repor
 this environment does not need (e.g. a torchvision whose C extension loads) as ``not needed``.
 
 The implementations live next to what they belong to (``compat``, ``utils.options``, ``utils.checkpoint``,
-``data.checks``, ``data.sampler``); the few lines specific to a patch are here. At its top this module imports
-only the standard library, so a test can load it on its own and apply just the entries that precede
-``import basicsr`` (``apply_all(stage='before_basicsr')``) to look at stock BasicSR.
+``utils.training_state``, ``data.checks``, ``data.sampler``); the few lines specific to a patch are here. At its
+top this module imports only the standard library, so a test can load it on its own and apply just the entries
+that precede ``import basicsr`` (``apply_all(stage='before_basicsr')``) to look at stock BasicSR.
 """
 from __future__ import annotations
 
@@ -149,8 +149,11 @@ def _resume_cpu() -> str:
     if getattr(btrain.load_resume_state, '_basicsr_ext', False):
         return ALREADY
     _STOCK['load_resume_state'] = btrain.load_resume_state
-    load_checkpoint = _ours('utils.checkpoint').load_checkpoint
-    _rebind('load_resume_state', btrain.load_resume_state, _ours('compat').make_load_resume_state(load_checkpoint))
+    checkpoint = _ours('utils.checkpoint')
+    ours = _ours('compat').make_load_resume_state(checkpoint.load_checkpoint,
+                                                  _ours('utils.training_state').usable_state_problem,
+                                                  checkpoint.CheckpointError)
+    _rebind('load_resume_state', btrain.load_resume_state, ours)
     return APPLIED
 
 
@@ -161,6 +164,19 @@ def _safe_load_network() -> str:
         return ALREADY
     _STOCK['load_network'] = base_model.BaseModel.load_network
     base_model.BaseModel.load_network = ours
+    return APPLIED
+
+
+def _atomic_exact_resume() -> str:
+    import basicsr.models.base_model as base_model
+    checkpoint, state = _ours('utils.checkpoint'), _ours('utils.training_state')
+    base = base_model.BaseModel
+    if base.save_training_state is state.save_training_state:
+        return ALREADY
+    for name, new in (('save_network', checkpoint.save_network), ('save_training_state', state.save_training_state),
+                      ('resume_training', state.resume_training)):
+        _STOCK[name] = getattr(base, name)
+        setattr(base, name, new)
     return APPLIED
 
 
@@ -367,7 +383,8 @@ PATCHES: tuple[Patch, ...] = (
           'load_resume_state maps the state to torch.cuda.current_device() (fails on CPU), unpickles it fully, '
           'and --auto_resume looks in ./experiments whatever root the pipeline writes to',
           "basicsr.train.load_resume_state: reads opt['path']['training_states'], weights-only, on the GPU in use "
-          'or the CPU',
+          'or the CPU; --auto_resume takes the newest usable state (an unreadable one, or one whose network file is '
+          'missing, is skipped with a warning)',
           _resume_cpu),
     Patch('safe_load_network', UPGRADE, 'basicsr 1.4.2 (every model: path.pretrain_network_*)',
           'BaseModel.load_network calls torch.load without weights_only: a pickle payload in a downloaded .pth runs '
@@ -377,6 +394,15 @@ PATCHES: tuple[Patch, ...] = (
           'it), weights checked finite (the first bad tensor named), one CheckpointError naming the file; the '
           'file and key loaded are logged (training states: entry resume_cpu)',
           _safe_load_network),
+    Patch('atomic_exact_resume', UPGRADE, 'basicsr 1.4.2 (every model)',
+          'a kill while saving leaves a half-written net_g_N.pth or a 0-byte N.state under the final name (the '
+          'latter stops --auto_resume); a failed save is only a warning; a resumed run draws other random crops '
+          'than an uninterrupted one',
+          'BaseModel.save_network / save_training_state: temporary file + rename, an error naming the file when '
+          'the write fails; the state also holds the RNG states of every rank; BaseModel.resume_training arms the '
+          'resumable sampler (bit-identical resume with num_worker_per_gpu 0); load_resume_state (entry '
+          'resume_cpu): --auto_resume skips unreadable states, with a warning',
+          _atomic_exact_resume),
     Patch('safe_options', UPGRADE, 'basicsr 1.4.2 (and yaml_load of later BasicSR)',
           'option files are parsed with the full YAML loader: a !!python/object tag in a downloaded .yml runs '
           'code; --force_yml goes through exec',

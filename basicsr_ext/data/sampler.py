@@ -2,52 +2,18 @@
 
 :class:`ResumableEnlargedSampler` is BasicSR's ``EnlargedSampler`` (same constructor, same sampling) that, after a
 resume, skips the samples the interrupted epoch already consumed. The model arms it from the training state
-(:data:`_PENDING_RESUME`, set by ``EngineMixin.resume_training``); ``basicsr_ext.patches`` (entry
-``resumable_sampler``) makes BasicSR's train pipeline build it.
+(:data:`_PENDING_RESUME`, set by every model's ``resume_training``: ``basicsr_ext.utils.training_state``);
+``basicsr_ext.patches`` (entry ``resumable_sampler``) makes BasicSR's train pipeline build it.
 """
 from __future__ import annotations
 
-import random
-from typing import Any, Iterator, Mapping
+from typing import Iterator
 
-import numpy as np
-import torch
 from basicsr.data.data_sampler import EnlargedSampler
 
-
-def get_rng_state() -> dict[str, torch.Tensor]:
-    """torch / numpy / python RNG states, all as tensors (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    state = {
-        'torch': torch.get_rng_state(),
-        'numpy_keys': torch.from_numpy(np_state[1].astype(np.int64)),
-        'numpy_meta': torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
-        'numpy_gauss': torch.tensor([np_state[4]], dtype=torch.float64),
-        'python': torch.tensor(list(py_internal), dtype=torch.int64),
-        'python_meta': torch.tensor([py_version, 0 if py_gauss is None else 1], dtype=torch.int64),
-        'python_gauss': torch.tensor([0.0 if py_gauss is None else py_gauss], dtype=torch.float64),
-    }
-    if torch.cuda.is_available():
-        state['cuda'] = torch.stack([s for s in torch.cuda.get_rng_state_all()]) if torch.cuda.device_count() else \
-            torch.empty(0)
-    return state
-
-
-def set_rng_state(state: Mapping[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state['torch'].cpu().to(torch.uint8))
-    meta = state['numpy_meta'].tolist()
-    np.random.set_state(('MT19937', state['numpy_keys'].numpy().astype(np.uint32), int(meta[0]), int(meta[1]),
-                         float(state['numpy_gauss'][0])))
-    version, has_gauss = state['python_meta'].tolist()
-    gauss = float(state['python_gauss'][0]) if has_gauss else None
-    random.setstate((int(version), tuple(int(v) for v in state['python'].tolist()), gauss))
-    if 'cuda' in state and torch.cuda.is_available() and state['cuda'].numel():
-        for i, s in enumerate(state['cuda'][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s.cpu().to(torch.uint8), i)
-
-
-_PENDING_RESUME: dict[str, Any] = {}
+# the RNG helpers and the pending resume live with the training state (one place); the names stay importable here
+from basicsr_ext.utils.training_state import PENDING_RESUME as _PENDING_RESUME  # noqa: F401
+from basicsr_ext.utils.training_state import get_rng_state, set_rng_state  # noqa: F401
 
 
 class ResumableEnlargedSampler(EnlargedSampler):

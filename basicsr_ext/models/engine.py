@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections import OrderedDict
 from copy import deepcopy
 from typing import Any, Mapping
 
@@ -34,7 +33,9 @@ from basicsr.utils import get_root_logger, tensor2img
 # exact resume on the data side (RNG states as tensors, the sampler that skips consumed samples) lives in data/
 from basicsr_ext.data.sampler import (_PENDING_RESUME, ResumableEnlargedSampler, get_rng_state,  # noqa: F401
                                       set_rng_state)
-from basicsr_ext.utils.checkpoint import CheckpointError, atomic_save, load_network, load_weights_into  # noqa: F401
+from basicsr_ext.utils.checkpoint import (CheckpointError, atomic_save, load_network, load_weights_into,  # noqa: F401
+                                          save_network)
+from basicsr_ext.utils.training_state import resume_training, save_training_state
 from basicsr_ext.utils.image_io import write_image_atomic
 
 ENGINE_TRAIN_KEYS = ('use_amp', 'amp_dtype', 'channels_last', 'compile', 'grad_clip')
@@ -178,41 +179,14 @@ class EngineMixin:
     #: function patches.py also gives BasicSR's BaseModel)
     load_network = load_network
 
-    def save_network(self, net, net_label: str, current_iter, param_key='params') -> None:
-        """BasicSR's layout (``{param_key: state_dict}``), written atomically."""
-        if current_iter == -1:
-            current_iter = 'latest'
-        save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
-        nets = net if isinstance(net, list) else [net]
-        keys = param_key if isinstance(param_key, list) else [param_key]
-        assert len(nets) == len(keys), 'The lengths of net and param_key should be the same.'
-        save_dict = {}
-        for net_, key in zip(nets, keys):
-            sd = self.get_bare_model(net_).state_dict()
-            save_dict[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.detach().cpu().clone())
-                                         for k, v in sd.items())
-        atomic_save(save_dict, save_path)
+    #: BasicSR's layout, atomic, rank 0 (the function patches.py also gives BasicSR's BaseModel)
+    save_network = save_network
 
     # ---- training state --------------------------------------------------------------------------------------
-    def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """Optimizers, schedulers, GradScaler, RNG states of every rank; atomic; written by rank 0."""
-        if current_iter == -1:
-            return
-        rng = get_rng_state()
-        if self.opt.get('dist') and dist.is_initialized():
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, rng)
-        else:
-            gathered = [rng]
-        if self.opt.get('rank', 0) != 0:
-            return
-        state = {'epoch': epoch, 'iter': current_iter,
-                 'optimizers': [o.state_dict() for o in self.optimizers],
-                 'schedulers': [s.state_dict() for s in self.schedulers],
-                 'grad_scaler': self.grad_scaler.state_dict() if hasattr(self, 'grad_scaler') else {},
-                 'rng': gathered,
-                 'extra': self.extra_training_state()}
-        atomic_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+    #: optimizers, schedulers, GradScaler, RNG states of every rank, extra_training_state(); atomic; on resume the
+    #: sampler is armed for an exact continuation (basicsr_ext.utils.training_state, BasicSR's BaseModel too)
+    save_training_state = save_training_state
+    resume_training = resume_training
 
     def extra_training_state(self) -> dict:
         """Model-specific tensors to keep across a resume (override; tensors/numbers only)."""
@@ -220,18 +194,6 @@ class EngineMixin:
 
     def load_extra_training_state(self, extra: Mapping) -> None:
         """Counterpart of :meth:`extra_training_state`."""
-
-    def resume_training(self, resume_state: Mapping) -> None:
-        super().resume_training(resume_state)
-        if resume_state.get('grad_scaler') and hasattr(self, 'grad_scaler'):
-            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
-        self.load_extra_training_state(resume_state.get('extra', {}))
-        rng_all = resume_state.get('rng') or []
-        rank = self.opt.get('rank', 0)
-        rng = rng_all[rank] if rank < len(rng_all) else None
-        batch = self.opt['datasets']['train'].get('batch_size_per_gpu', 1)
-        _PENDING_RESUME['state'] = {'epoch': resume_state['epoch'], 'iter': resume_state['iter'],
-                                    'batch_size': batch, 'rng': rng}
 
     # ---- validation ------------------------------------------------------------------------------------------
     def validation(self, dataloader, current_iter, tb_logger, save_img=False):

@@ -106,6 +106,36 @@ def atomic_save(obj: Any, path: str, save_fn: Callable[[Any, str], None] | None 
         raise
 
 
+def save_checkpoint(obj: Any, path: str) -> None:
+    """:func:`atomic_save` of a checkpoint or training state; a failed write (disk full, no permission) is one
+    CheckpointError naming the file (BasicSR logs a warning and trains on without its checkpoint)."""
+    try:
+        atomic_save(obj, path)
+    except OSError as e:
+        raise CheckpointError(f'cannot write {path}: {e.strerror or e}') from None
+
+
+def save_network(self: Any, net: Any, net_label: str, current_iter: Any, param_key: Any = 'params') -> None:
+    """``BaseModel.save_network`` (a method: ``self`` is the model): BasicSR's layout
+    (``{param_key: state_dict}``, ``module.`` stripped, ``<label>_<iter|latest>.pth``), written atomically by rank 0.
+    ``basicsr_ext.patches`` (entry ``atomic_exact_resume``) puts it in place of BasicSR's; ``EngineMixin`` uses it."""
+    if self.opt.get('rank', 0) != 0:
+        return
+    if current_iter == -1:
+        current_iter = 'latest'
+    save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
+    nets = net if isinstance(net, list) else [net]
+    keys = param_key if isinstance(param_key, list) else [param_key]
+    if len(nets) != len(keys):
+        raise ValueError('The lengths of net and param_key should be the same.')
+    save_dict = {}
+    for net_, key in zip(nets, keys):
+        sd = self.get_bare_model(net_).state_dict()
+        save_dict[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.detach().cpu().clone())
+                                     for k, v in sd.items())
+    save_checkpoint(save_dict, save_path)
+
+
 def describe_key_mismatch(missing: list[str], unexpected: list[str], path: str, limit: int = 8) -> str:
     """One message that lists the first missing/unexpected keys and names the file."""
     parts = [f'checkpoint {path} does not fit the network:']

@@ -155,7 +155,7 @@ def test_patch_dist_cpu():
     assert 'gloo' in out.stdout and 'DistributedDataParallel None' in out.stdout
 
 
-def test_patch_resume_cpu(tmp_path):
+def test_patch_resume_cpu(tmp_path, capsys):
     """basicsr's load_resume_state maps to torch.cuda.current_device(): fails on CPU; ours maps to CPU, reads the
     states where the pipeline saved them and refuses a state that needs unpickling code."""
     assert _state('resume_cpu') in DONE
@@ -171,8 +171,19 @@ def test_patch_resume_cpu(tmp_path):
     assert state['iter'] == 20 and opt['path']['resume_state'] == str(states / '20.state')
     assert basicsr.load_resume_state is btrain.load_resume_state  # the copy `from .train import *` made too
     torch.save({'iter': 30, 'bad': print}, states / '30.state')  # a function: not weights-only loadable
+    (states / '40.state').write_bytes(b'')  # what a kill during BasicSR's torch.save leaves
     from basicsr_ext.utils.checkpoint import CheckpointError
-    with pytest.raises(CheckpointError, match='30.state'):
+    again = dict(opt, path=dict(opt['path']))
+    assert btrain.load_resume_state(again)['iter'] == 20  # --auto_resume: the newest usable state
+    assert again['path']['resume_state'] == str(states / '20.state')
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and '(0 bytes)' in err[0] and '40.state' in err[0] and '30.state' in err[1] and '20.state' in err[2], err
+    with pytest.raises(CheckpointError, match='30.state'):  # named explicitly: refused, not replaced
+        btrain.load_resume_state(dict(opt, auto_resume=False, path=dict(opt['path'], resume_state=str(
+            states / '30.state'))))
+    for name in ('10', '20'):
+        (states / f'{name}.state').write_bytes(b'')
+    with pytest.raises(CheckpointError, match='none of the 4 training states'):
         btrain.load_resume_state(dict(opt, path=dict(opt['path'])))
 
 
@@ -218,6 +229,57 @@ def test_patch_safe_load_network(tmp_path, monkeypatch):
     # the control: the stock loader does run this payload under the variable
     patches._STOCK['load_network'](model, net, str(bad))
     assert sentinel.exists()
+
+
+def test_patch_atomic_exact_resume(tmp_path, monkeypatch):
+    """BasicSR's save_network/save_training_state write under the final name (a kill leaves half a file there) and
+    keep no RNG state; ours write atomically, save the RNG states and arm the resumable sampler on resume."""
+    from basicsr.models.base_model import BaseModel
+    from basicsr.models.sr_model import SRModel
+
+    from basicsr_ext.utils import checkpoint, training_state
+    from basicsr_ext.utils.checkpoint import CheckpointError, load_checkpoint
+    assert _state('atomic_exact_resume') in DONE
+    assert SRModel.save_network is checkpoint.save_network
+    assert SRModel.save_training_state is training_state.save_training_state
+    assert SRModel.resume_training is training_state.resume_training
+    (tmp_path / 'models').mkdir()
+    model = BaseModel.__new__(BaseModel)
+    net = torch.nn.Linear(4, 4)
+    model.opt = {'rank': 0, 'dist': False, 'num_gpu': 0, 'datasets': {'train': {'batch_size_per_gpu': 3}},
+                 'path': {'models': str(tmp_path / 'models'), 'training_states': str(tmp_path / 'states')}}
+    model.optimizers = [torch.optim.Adam(net.parameters())]
+    model.schedulers = [torch.optim.lr_scheduler.MultiStepLR(model.optimizers[0], [10])]
+    model.save_network(net, 'net_g', 5)
+    model.save_training_state(1, 5)
+    state = load_checkpoint(str(tmp_path / 'states' / '5.state'))
+    assert state['iter'] == 5 and len(state['rng']) == 1 and torch.equal(state['rng'][0]['torch'],
+                                                                          torch.get_rng_state())
+    real_save = torch.save
+
+    def killed_save(obj, f, *args, **kwargs):  # half the bytes, then the process is "killed"
+        real_save(obj, f, *args, **kwargs)
+        with open(f, 'r+b') as fh:
+            fh.truncate(os.path.getsize(f) // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, 'save', killed_save)
+    for save in (lambda: model.save_network(net, 'net_g', 6), lambda: model.save_training_state(1, 6)):
+        with pytest.raises(KeyboardInterrupt):
+            save()
+    assert sorted(os.listdir(tmp_path / 'models')) == ['net_g_5.pth']  # nothing under a final name, no temp file
+    assert sorted(os.listdir(tmp_path / 'states')) == ['5.state']
+    with pytest.raises(KeyboardInterrupt):  # the control: BasicSR's leaves half a file under the final name
+        patches._STOCK['save_network'](model, net, 'net_g', 7)
+    monkeypatch.setattr(torch, 'save', real_save)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(str(tmp_path / 'models' / 'net_g_7.pth'))
+    model.opt['path']['resume_state'] = str(tmp_path / 'states' / '5.state')
+    model.resume_training(state)
+    from basicsr_ext.data.sampler import _PENDING_RESUME
+    assert _PENDING_RESUME.pop('state') == {'epoch': 1, 'iter': 5, 'batch_size': 3, 'rng': state['rng'][0]}
+    with pytest.raises(CheckpointError, match=r'5.state: holds 2 optimizers, the model \(BaseModel\) has 1'):
+        model.resume_training(dict(state, optimizers=state['optimizers'] * 2))
 
 
 def _hostile_option_file(tmp_path, sentinel):
