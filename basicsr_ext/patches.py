@@ -9,9 +9,10 @@ each entry in this environment (``--markdown``: the README table).
 
 Order: the two torchvision entries run before ``import basicsr`` (BasicSR imports torchvision at once and would
 crash); every later entry needs BasicSR imported and some wrap the one before (``parse_options`` is wrapped by
-``safe_options`` → ``option_keys`` → ``installed_root`` → ``script_pipelines``). Applying is idempotent: an entry
-already applied (by an earlier import, or by another copy of this file) is reported as ``already applied``; one
-this environment does not need (e.g. a torchvision whose C extension loads) as ``not needed``.
+``safe_options`` → ``option_keys`` → ``preflight`` → ``installed_root`` → ``script_pipelines``). Applying is
+idempotent: an entry already applied (by an earlier import, or by another copy of this file) is reported as
+``already applied``; one this environment does not need (e.g. a torchvision whose C extension loads) as
+``not needed``.
 
 The implementations live next to what they belong to (``compat``, ``utils.options``, ``utils.checkpoint``,
 ``utils.training_state``, ``data.checks``, ``data.sampler``); the few lines specific to a patch are here. At its
@@ -214,6 +215,10 @@ def _option_keys() -> str:
     return _wrap_parse_options('_basicsr_ext_keys_checked', checks._checked_parse_options)
 
 
+def _preflight() -> str:
+    return _wrap_parse_options('_basicsr_ext_preflight', _ours('preflight').checked_parse_options)
+
+
 def effective_root(root_path: Any) -> Any:
     """The folder BasicSR's pipelines write ``experiments/``, ``results/`` and ``tb_logger/`` under.
 
@@ -414,6 +419,14 @@ PATCHES: tuple[Patch, ...] = (
           'else',
           'parse_options is followed by the option-key check (did-you-mean naming the file and block)',
           _option_keys),
+    Patch('preflight', UPGRADE, 'basicsr 1.4.2 (train_pipeline, test_pipeline)',
+          'make_exp_dirs moves an existing experiments/<name> (results/<name>) aside before the datasets and the '
+          'model are built: a mistyped network key, a missing dataset folder or checkpoint archives the good '
+          'experiment, then fails with a traceback',
+          'parse_options is followed by every check the options allow, before any folder is touched: model_type, '
+          'network_* and loss blocks against the constructor (did-you-mean), our models\' option checks, the '
+          'dataset checks (not repeated at build), pretrain_network_* files exist',
+          _preflight),
     Patch('installed_root', UPGRADE, 'basicsr installed from PyPI (python -m basicsr.train / basicsr.test)',
           "train.py/test.py use the folder above the basicsr package as root: for an installed basicsr, "
           "experiments/, results/ and tb_logger/ would be written into site-packages",

@@ -714,9 +714,22 @@ def name_sample_errors(dataset: Any) -> Any:
     return dataset
 
 
+#: dataset blocks checked before the pipeline created its folders (``basicsr_ext.preflight``), as copies
+_PRECHECKED: list[Any] = []
+
+
+def mark_prechecked(dataset_opt: Mapping[str, Any]) -> None:
+    """Record that :func:`check_dataset_options` passed for this block: building the same (equal) block
+    does not repeat the checks."""
+    import copy
+    _PRECHECKED.append(copy.deepcopy(dict(dataset_opt)))
+    del _PRECHECKED[:-16]
+
+
 def checked_build_dataset(dataset_opt: Mapping[str, Any], _build: Callable | None = None) -> Any:
     """``basicsr.data.build_dataset`` with the build-time checks, an empty-dataset error and named sample errors."""
-    check_dataset_options(dataset_opt)
+    if not (isinstance(dataset_opt, Mapping) and any(dict(dataset_opt) == done for done in _PRECHECKED)):
+        check_dataset_options(dataset_opt)
     build = _build or _stock_build_dataset()
     dataset = build(dataset_opt)
     try:

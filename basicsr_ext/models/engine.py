@@ -74,19 +74,24 @@ class EngineMixin:
 
     def check_train_keys(self) -> None:
         """Refuse unknown keys in ``train:`` (a typo silently ignored is a wasted run), naming key and file."""
+        type(self).check_train_keys_of(self.opt)
+
+    @classmethod
+    def check_train_keys_of(cls, opt: Mapping[str, Any]) -> None:
+        """:meth:`check_train_keys` on options, before the model exists (``basicsr_ext.preflight``)."""
         declared = set()
-        for cls in type(self).__mro__:
-            declared.update(cls.__dict__.get('TRAIN_KEYS', ()))
+        for klass in cls.__mro__:
+            declared.update(klass.__dict__.get('TRAIN_KEYS', ()))
         if not declared:
             return
         allowed = declared | set(ENGINE_TRAIN_KEYS) | set(BASICSR_TRAIN_KEYS)
-        unknown = [k for k in (self.opt.get('train') or {}) if k not in allowed]
+        unknown = [k for k in (opt.get('train') or {}) if k not in allowed]
         if unknown:
             import difflib
             hints = [f'{k!r}' + (f' (did you mean {m[0]!r}?)' if (m := difflib.get_close_matches(k, allowed, 1)) else '')
                      for k in unknown]
-            raise ConfigError(f"{self.opt.get('opt_path', 'option file')}: unknown key(s) in train: {', '.join(hints)}; "
-                              f'{type(self).__name__} reads: {", ".join(sorted(allowed))}')
+            raise ConfigError(f"{opt.get('opt_path', 'option file')}: unknown key(s) in train: {', '.join(hints)}; "
+                              f'{cls.__name__} reads: {", ".join(sorted(allowed))}')
 
     def setup_engine(self) -> None:
         """Read the ``train:`` switches; call from ``init_training_settings`` before building optimizers."""

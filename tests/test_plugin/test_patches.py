@@ -338,6 +338,55 @@ def test_patch_option_keys(tmp_path, monkeypatch):
         assert str(path) in str(e.value) and 'datasets:val' in str(e.value)
 
 
+def test_patch_preflight(tmp_path, monkeypatch):
+    """Without it, BasicSR builds datasets and the model after make_exp_dirs moved the experiment aside; with it
+    these checks fail in parse_options, before any folder exists."""
+    from basicsr_ext.data import checks
+    from basicsr_ext.utils.checkpoint import CheckpointError
+    assert _state('preflight') in DONE
+    for sub, size in (('gt', 16), ('lq', 4)):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / 'a.png'), np.zeros((size, size, 3), np.uint8))
+    opt = {'name': 'pre', 'model_type': 'SRModel', 'num_gpu': 0, 'scale': 4,
+           'datasets': {'train': {'name': 't', 'type': 'PairedImageDataset', 'dataroot_gt': str(tmp_path / 'gt'),
+                                  'dataroot_lq': str(tmp_path / 'lq'), 'io_backend': {'type': 'disk'},
+                                  'gt_size': 16, 'batch_size_per_gpu': 1}},
+           'network_g': {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1},
+           'path': {'pretrain_network_g': None},
+           'train': {'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}}, 'logger': {}}
+    path = tmp_path / 'o.yml'
+
+    def parse(**changes):
+        import copy
+        o = copy.deepcopy(opt)
+        for dotted, value in changes.items():
+            node, keys = o, dotted.split('__')
+            for k in keys[:-1]:
+                node = node[k]
+            node[keys[-1]] = value
+        path.write_text(yaml.safe_dump(o))
+        monkeypatch.setattr(sys, 'argv', ['train.py', '-opt', str(path)])
+        return btrain.parse_options(str(tmp_path), is_train=True)
+
+    parsed, _ = parse()
+    assert not (tmp_path / 'experiments').exists()
+    assert any(parsed['datasets']['train'] == done for done in checks._PRECHECKED)  # not checked again at build
+    with pytest.raises(OptionError, match=r"o.yml, network_g \(RRDBNet\): unknown key\(s\) 'num_blocks' "
+                                          r"\(did you mean 'num_block'\?\)"):
+        parse(network_g__num_blocks=2)
+    with pytest.raises(OptionError, match=r"unknown model type 'SRModle' \(did you mean 'SRModel'\?\)"):
+        parse(model_type='SRModle')
+    with pytest.raises(OptionError, match=r"train:pixel_opt \(L1Loss\): unknown key\(s\) 'loss_weigth'"):
+        parse(train__pixel_opt={'type': 'L1Loss', 'loss_weigth': 1.0})
+    with pytest.raises(OptionError, match=r"RRDBNet needs 'num_out_ch'"):
+        parse(network_g={'type': 'RRDBNet', 'num_in_ch': 3})
+    with pytest.raises(DatasetError, match='dataroot_lq'):
+        parse(datasets__train__dataroot_lq=str(tmp_path / 'nowhere'))
+    with pytest.raises(CheckpointError, match=r'path:pretrain_network_g: checkpoint file not found'):
+        parse(path__pretrain_network_g=str(tmp_path / 'nowhere.pth'))
+    assert not (tmp_path / 'experiments').exists()
+
+
 def test_patch_installed_root(tmp_path, monkeypatch):
     assert _state('installed_root') in DONE
     site_root = os.path.dirname(os.path.dirname(os.path.abspath(basicsr.__file__)))

@@ -1,0 +1,146 @@
+"""Everything that can be checked from the options runs before BasicSR creates or renames a folder.
+
+BasicSR's ``train_pipeline`` / ``test_pipeline`` parse the options, then ``make_exp_dirs`` moves an existing
+``experiments/<name>`` (``results/<name>``) aside to ``<name>_archived_<time>`` and creates a new one, and only
+then builds the datasets and the model, where a mistyped key, a missing folder or a missing checkpoint surfaces.
+A failed launch thus moves the good experiment aside. :func:`check_before_folders` runs, right after
+``parse_options`` (``basicsr_ext.patches``, entry ``preflight``), every check that needs no network weights:
+
+- ``model_type`` registered (did-you-mean);
+- every ``network_*`` block and every loss block of ``train:`` (``*_opt`` with a ``type`` of BasicSR's loss
+  registry): the type registered, the keys accepted by the constructor (did-you-mean against its signature),
+  none of its required arguments missing;
+- training (``is_train``): our models' own option checks (``check_options``, unknown ``train:`` keys);
+- every dataset block: the build-time dataset checks (``basicsr_ext.data.checks``; marked as done, so the
+  build does not repeat them);
+- ``path.pretrain_network_*``: the file exists and is not empty (unless a resume will replace it).
+
+Errors name the option file and the block: OptionError, ConfigError, DatasetError or CheckpointError, which our
+entry points print as one line.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+from typing import Any, Callable, Mapping
+
+from basicsr_ext.utils.options import OptionError
+
+
+def _did_you_mean(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), allowed, 1)
+    return f' (did you mean {close[0]!r}?)' if close else ''
+
+
+def registered(registry: Any, name: Any, what: str, where: str) -> Any:
+    """The class registered as ``name`` (BasicSR's ``name_basicsr`` fallback too), or an OptionError with a
+    did-you-mean over the registry."""
+    if not isinstance(name, str) or not name:
+        raise OptionError(f'{where}: type must be a registered {what} name, got {name!r}')
+    obj_map = getattr(registry, '_obj_map', {})
+    for candidate in (name, f'{name}_basicsr'):
+        if candidate in obj_map:
+            return obj_map[candidate]
+    raise OptionError(f'{where}: unknown {what} type {name!r}{_did_you_mean(name, sorted(obj_map))}')
+
+
+def check_constructor_keys(cls: Any, block: Mapping[str, Any], where: str) -> None:
+    """The keys of an option block (``type`` aside) against ``cls``'s constructor: unknown keys (did-you-mean),
+    missing required arguments. A constructor taking ``**kwargs`` accepts any key."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    given = [k for k in block if k != 'type']
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in given if k not in named]
+        if unknown:
+            hints = ', '.join(f'{k!r}{_did_you_mean(k, named)}' for k in unknown)
+            raise OptionError(f'{where}: unknown key(s) {hints}; {cls.__name__} takes: {", ".join(named)}')
+    missing = [n for n in named if params[n].default is inspect.Parameter.empty and n not in block]
+    if missing:
+        raise OptionError(f'{where}: {cls.__name__} needs {", ".join(repr(m) for m in missing)}, which the block '
+                          'does not give')
+
+
+def check_networks_and_losses(opt: Mapping[str, Any], source: str) -> None:
+    """``network_*`` blocks and the loss blocks of ``train:`` (see the module docstring)."""
+    from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+    for key, block in opt.items():
+        if isinstance(key, str) and key.startswith('network_') and isinstance(block, Mapping) and 'type' in block:
+            where = f'{source}, {key} ({block.get("type")})'
+            check_constructor_keys(registered(ARCH_REGISTRY, block['type'], 'arch', where), block, where)
+    train = opt.get('train') if opt.get('is_train') else None
+    for key, block in (train or {}).items():
+        if not (isinstance(key, str) and key.endswith('_opt') and isinstance(block, Mapping)):
+            continue
+        loss_type = block.get('type')
+        if not isinstance(loss_type, str) or loss_type not in getattr(LOSS_REGISTRY, '_obj_map', {}):
+            continue  # not a loss block of the registry (a model reads it its own way)
+        where = f'{source}, train:{key} ({loss_type})'
+        check_constructor_keys(LOSS_REGISTRY.get(loss_type), block, where)
+
+
+def check_model(opt: Mapping[str, Any], source: str) -> None:
+    """``model_type`` registered; for training, the model's own ``check_options`` / ``check_train_keys_of``."""
+    from basicsr.utils.registry import MODEL_REGISTRY
+    if 'model_type' not in opt:
+        return
+    cls = registered(MODEL_REGISTRY, opt['model_type'], 'model', f'{source}, model_type')
+    if opt.get('is_train'):
+        for name in ('check_train_keys_of', 'check_options'):
+            check = getattr(cls, name, None)
+            if callable(check):
+                check(opt)
+
+
+def _resume_replaces(opt: Mapping[str, Any], network: str) -> bool:
+    """Whether BasicSR's resume (``check_resume``) will replace ``path.pretrain_<network>``."""
+    path = opt.get('path') or {}
+    if network in (path.get('ignore_resume_networks') or ()):
+        return False
+    if path.get('resume_state'):
+        return True
+    states = path.get('training_states')
+    return bool(opt.get('auto_resume') and states and os.path.isdir(states)
+                and any(f.endswith('.state') for f in os.listdir(states)))
+
+
+def check_pretrain_paths(opt: Mapping[str, Any], source: str) -> None:
+    """``path.pretrain_network_*``: an existing, non-empty file (its content is checked when it is loaded)."""
+    from basicsr_ext.utils.checkpoint import CheckpointError
+    for key, value in (opt.get('path') or {}).items():
+        if not (isinstance(key, str) and key.startswith('pretrain_network_')) or value is None:
+            continue
+        if _resume_replaces(opt, key[len('pretrain_'):]):
+            continue
+        if not os.path.isfile(value):
+            raise CheckpointError(f'{source}, path:{key}: checkpoint file not found: {value}')
+        if os.path.getsize(value) == 0:
+            raise CheckpointError(f'{source}, path:{key}: checkpoint file is empty (0 bytes): {value}')
+
+
+def check_before_folders(opt: Mapping[str, Any], source: str | None = None) -> None:
+    """Every check of the module docstring, in order; raises the first problem."""
+    from basicsr_ext.data.checks import check_dataset_options, mark_prechecked
+    source = source or opt.get('opt_path') or 'option file'
+    check_model(opt, source)
+    check_networks_and_losses(opt, source)
+    for phase, block in (opt.get('datasets') or {}).items():
+        if isinstance(block, Mapping):
+            check_dataset_options(block)
+            mark_prechecked(block)
+    check_pretrain_paths(opt, source)
+
+
+def checked_parse_options(parse: Callable) -> Callable:
+    """``parse_options`` followed by :func:`check_before_folders` (what ``basicsr_ext.patches`` installs)."""
+    def parse_options(root_path, is_train=True):
+        opt, args = parse(root_path, is_train=is_train)
+        check_before_folders(opt, getattr(args, 'opt', None) or opt.get('opt_path'))
+        return opt, args
+
+    parse_options.__doc__ = parse.__doc__
+    return parse_options
