@@ -13,8 +13,17 @@
   (``basicsr_ext.utils.tiling``).
 - Images are untrusted (``basicsr_ext.utils.image_io``): grayscale stays grayscale (the net sees it as RGB;
   the output is the channel mean), an alpha channel is upscaled separately with bicubic, 16-bit PNG/TIFF stay
-  16-bit. A corrupt, unreadable or too large file is reported and skipped; the others continue; the exit
-  code is 1 if any failed. Outputs ``<stem>_<suffix>.<ext>`` are written atomically.
+  16-bit; the EXIF orientation is applied (a phone photo comes out upright). A corrupt, unreadable or too large
+  file is reported and skipped; the others continue; the exit code is 1 if any failed. Outputs
+  ``<stem>_<suffix>.<ext>`` are written atomically.
+- Nothing lost: an output that would replace one of the inputs (``-o`` = the input folder with ``--suffix ''``)
+  is refused before anything runs unless ``--overwrite``; two inputs that would write the same output, or ``-o``
+  naming a file, are refused too.
+- Before an image is decoded, the memory it needs (decoded input, output buffers and, without ``--tile``, the
+  network's full-size feature maps) is estimated from its header and compared with the available RAM: an image
+  that cannot fit is skipped with the figure and the advice (``--tile``) instead of swapping or being killed.
+- An output holding NaN/inf values (a network that overflows, e.g. in fp16) is not written: the image counts as
+  failed. The weights file and the key the weights came from are logged; non-finite weights are refused.
 """
 from __future__ import annotations
 
@@ -35,7 +44,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from basicsr_ext.utils.checkpoint import CheckpointError, load_weights_into  # noqa: E402
-from basicsr_ext.utils.image_io import ImageError, list_images, read_image, write_image_atomic  # noqa: E402
+from basicsr_ext.utils.image_io import (ImageError, image_header, list_images, read_image,  # noqa: E402
+                                        write_image_atomic)
 from basicsr_ext.utils.options import OptionError, load_option_file, yaml_load_safe  # noqa: E402
 from basicsr_ext.utils.tiling import arch_multiple, tiled_forward  # noqa: E402
 
@@ -102,6 +112,27 @@ def probe_scale(net: torch.nn.Module, multiple: int, device: torch.device, in_ch
     return y.shape[-2] // side
 
 
+class NonFiniteOutputError(ValueError):
+    """The network produced NaN or inf values for an image."""
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available to this process now (psutil, else /proc/meminfo), or None when unknown."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - psutil missing or unsupported here: try the kernel's own figure
+        pass
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class Upscaler:
     """A loaded network plus how to run it (scale, multiple, tiles, precision)."""
 
@@ -117,13 +148,36 @@ class Upscaler:
         self.scale = int(scale) if scale else probe_scale(self.net, self.multiple, self.device)
         self.tile, self.tile_overlap = int(tile), int(tile_overlap)
         self.amp_dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision)
+        convs = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        self.max_channels = max(convs, default=64)
+
+    def memory_needed(self, width: int, height: int) -> tuple[int, int]:
+        """(bytes for the image buffers in RAM, bytes for the network's feature maps in RAM) to upscale a
+        ``width`` x ``height`` image: decoded input and its float copies, the float output, its copies and the
+        quantised result; feature maps: two of the widest conv (``max_channels``) at output size (tiles: at tile
+        size; on a GPU they are in GPU memory, not counted). An estimate, on the low side."""
+        in_px = width * height
+        out_px = in_px * self.scale ** 2
+        buffers = in_px * (4 + 2 * 3 * 4) + out_px * (3 * 3 * 4 + 2 * 4)
+        if self.device.type != 'cpu':
+            return buffers, 0
+        side = (self.tile + 2 * self.tile_overlap) * self.scale if self.tile else None
+        act_px = min(out_px, side * side) if side else out_px
+        return buffers, 2 * self.max_channels * 4 * act_px
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
-        """H x W x 3 float RGB [0, 1] -> (H*s) x (W*s) x 3 float RGB [0, 1]."""
+        """H x W x 3 float RGB [0, 1] -> (H*s) x (W*s) x 3 float RGB [0, 1]; NonFiniteOutputError when the network
+        output holds NaN or inf."""
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).unsqueeze(0).to(self.device)
         ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with torch.no_grad(), ctx:
             y = tiled_forward(self.net, x, self.scale, self.tile, self.tile_overlap, self.multiple)
+        finite = torch.isfinite(y)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            hint = ' (try without --half)' if self.amp_dtype == torch.float16 else ''
+            raise NonFiniteOutputError(f'the network output holds {bad} NaN/inf values of {y.numel()}: nothing '
+                                       f'written{hint}')
         return y[0].float().clamp_(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
@@ -133,17 +187,66 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.clip(cv2.resize(alpha, (w * scale, h * scale), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
 
 
+def output_path(src: str, out_dir: str, suffix: str, ext: str) -> str:
+    """Where :func:`process_file` writes the result of ``src``: ``<out_dir>/<stem>_<suffix><ext>``."""
+    stem = osp.splitext(osp.basename(src))[0]
+    return osp.join(out_dir, f'{stem}_{suffix}{ext}' if suffix else f'{stem}{ext}')
+
+
+def check_outputs(files: Sequence[str], out_dir: str, suffix: str, ext: str, overwrite: bool = False) -> None:
+    """Refuse (OptionError, before anything runs) ``-o`` naming a file, an output that would replace an input
+    (unless ``overwrite``) and two inputs writing the same output."""
+    if osp.exists(out_dir) and not osp.isdir(out_dir):
+        raise OptionError(f'-o {out_dir} is an existing file: -o takes a folder (created when missing)')
+    inputs = {osp.normcase(osp.realpath(f)): f for f in files}
+    seen: dict[str, str] = {}
+    for src in files:
+        dst = output_path(src, out_dir, suffix, ext)
+        key = osp.normcase(osp.realpath(dst))
+        if key in inputs and not overwrite:
+            raise OptionError(f'{dst} would overwrite the input {inputs[key]} (-o {out_dir}, --suffix {suffix!r}, '
+                              f'--ext {ext.lstrip(".")}): choose another -o or --suffix, or pass --overwrite')
+        if key in seen and seen[key] != src:
+            raise OptionError(f'{seen[key]} and {src} would both be written to {dst}: give them different names '
+                              'or run them separately')
+        seen[key] = src
+
+
+def check_memory(up: Upscaler, src: str, max_pixels: int | None = None, available: int | None = None) -> None:
+    """Refuse (ImageError, nothing decoded) an image whose estimated memory (:meth:`Upscaler.memory_needed`, from
+    its header) exceeds the available RAM, with the figures and what to do."""
+    _, w, h, _, _ = image_header(src, max_pixels)
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    buffers, maps = up.memory_needed(w, h)
+    gib = 1024 ** 3
+    size = f'{w}x{h} -> {w * up.scale}x{h * up.scale}'
+    if buffers > available:
+        raise ImageError(src, f'{size} needs about {buffers / gib:.1f} GiB of RAM for the image buffers alone, '
+                         f'{available / gib:.1f} GiB available: split or downscale the image')
+    if buffers + maps > available:
+        tile = 'a smaller --tile' if up.tile else '--tile 256'
+        raise ImageError(src, f'{size} needs about {(buffers + maps) / gib:.1f} GiB of RAM '
+                         f'({maps / gib:.1f} GiB of it the network\'s feature maps), {available / gib:.1f} GiB '
+                         f'available: use {tile}')
+
+
 def process_file(up: Upscaler, src: str, out_dir: str, suffix: str, ext: str,
                  max_pixels: int | None = None) -> str:
-    """Read, upscale and write one image; returns the output path. Raises ImageError for a bad file."""
-    img, info = read_image(src, max_pixels=max_pixels)
-    out = up(img)
+    """Check memory, read, upscale and write one image; returns the output path. Raises ImageError for a bad file,
+    one too large for the memory, or an output holding NaN/inf (nothing written)."""
+    check_memory(up, src, max_pixels)
+    img, info = read_image(src, max_pixels=max_pixels, orient=True)
+    try:
+        out = up(img)
+    except NonFiniteOutputError as e:
+        raise ImageError(src, str(e)) from None
     if info.channels == 1:
         out = out.mean(axis=2, keepdims=True)
     alpha = upscale_alpha(info.alpha, up.scale) if info.alpha is not None else None
     bit_depth = 16 if info.bit_depth == 16 and ext in ('.png', '.tif', '.tiff') else 8
-    stem = osp.splitext(osp.basename(src))[0]
-    dst = osp.join(out_dir, f'{stem}_{suffix}{ext}' if suffix else f'{stem}{ext}')
+    dst = output_path(src, out_dir, suffix, ext)
     write_image_atomic(dst, out, bit_depth=bit_depth, alpha=alpha)
     return dst
 
@@ -160,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='basicsr-ext-infer', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-i', '--input', nargs='+', required=True, help='image files and/or folders')
-    p.add_argument('-o', '--output', required=True, help='output folder')
+    p.add_argument('-o', '--output', required=True, help='output folder (created when missing)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='allow outputs to replace input files (e.g. -o <input folder> --suffix "")')
     p.add_argument('--opt', help='option file: network_g (+ path.pretrain_network_g, param_key_g, scale)')
     p.add_argument('--arch', help='registered arch type (e.g. RRDBNet, SwinIR, TVQRAPNet); overrides --opt type')
     p.add_argument('--arch-opt', nargs='*', default=[], metavar='KEY=VALUE', help='arch kwargs (YAML values)')
@@ -182,13 +287,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Numbers argparse accepts but that cannot work: OptionError naming the flag."""
+    for flag, value, least, what in (('--tile', args.tile, 0, '0 (off) or a tile side in LR pixels'),
+                                     ('--tile-overlap', args.tile_overlap, 0, 'a number of LR pixels >= 0'),
+                                     ('--scale', args.scale, 1, 'an upscaling factor >= 1'),
+                                     ('--multiple', args.multiple, 1, 'a padding multiple >= 1'),
+                                     ('--max-pixels', args.max_pixels, 1, 'a number of pixels >= 1')):
+        if value is not None and value < least:
+            raise OptionError(f'{flag} {value}: must be {what}')
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 all written, 1 some failed, 2 bad options or weights)."""
     args = build_parser().parse_args(argv)
     if not logger.handlers:
         logger.addHandler(_StderrHandler())
         logger.setLevel(logging.INFO)
+    ext = '.' + args.ext.lower().lstrip('.')
     try:
+        check_arguments(args)
+        files = collect_inputs(args.input)
+        if not files:
+            raise OptionError(f'no images found in {args.input}')
+        check_outputs(files, args.output, args.suffix, ext, args.overwrite)
         net, meta = build_sr_network(args.arch, parse_arch_opts(args.arch_opt), args.opt)
         weights = args.weights or meta['weights']
         if not weights:
@@ -198,11 +320,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       'fp16' if args.half else 'bf16' if args.bf16 else 'fp32')
     except (OptionError, CheckpointError) as e:
         logger.error(f'error: {e}')
-        return 2
-    ext = '.' + args.ext.lower().lstrip('.')
-    files = collect_inputs(args.input)
-    if not files:
-        logger.error(f'error: no images found in {args.input}')
         return 2
     logger.info(f'{len(files)} image(s), x{up.scale}, multiple {up.multiple}, tile {up.tile or "off"}, '
                 f'device {up.device}')

@@ -8,8 +8,10 @@
 - ``info``: :class:`ImageInfo` with the path, container format, size, colour channels (1 or 3), bit depth
   (8, 16 or 32 for float), the original PIL mode, and ``alpha`` (H x W float32 in [0, 1], or ``None``).
 - Palette images are expanded (their transparency becomes ``alpha``); CMYK JPEGs are converted to RGB.
-- The pixel data is stored orientation as is: EXIF orientation is **not** applied (SR outputs and ground truth
-  are compared pixel grid to pixel grid).
+- By default the pixel data is returned as stored: EXIF orientation is **not** applied (SR outputs and ground
+  truth are compared pixel grid to pixel grid). ``orient=True`` (inference: a phone photo comes out upright)
+  applies it as PIL's ``ImageOps.exif_transpose`` does, to the image and its alpha; ``info.orientation`` is the
+  EXIF value found (1 when none), ``info.width``/``info.height`` the size returned.
 
 Before anything is decoded, the header is read (PIL, lazy) and the declared width x height is checked against
 ``max_pixels`` (default 20000 x 20000, env ``BASICSR_EXT_MAX_PIXELS``): a file declaring a huge size is refused
@@ -63,6 +65,7 @@ class ImageInfo:
     bit_depth: int
     mode: str
     alpha: np.ndarray | None = field(default=None, repr=False)
+    orientation: int = 1
 
     @property
     def has_alpha(self) -> bool:
@@ -83,25 +86,73 @@ def get_max_pixels(max_pixels: int | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _pil_open(data: bytes):
-    """Open bytes with PIL, its own bomb check replaced by ours (the header limit) and its warnings silenced."""
+def _pil_open(data: bytes | str):
+    """Open bytes (or a file path: read lazily, header first) with PIL, its own bomb check replaced by ours (the
+    header limit) and its warnings silenced."""
     with _PIL_LOCK:
         old = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
-                with Image.open(io.BytesIO(data)) as im:
+                with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data) as im:
                     yield im
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _read_header(data: bytes, path: str, max_pixels: int) -> tuple[str, int, int, str]:
-    """(format, width, height, mode) from the header only; the limit is checked before any decoding."""
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1..8) of an open image; 1 when absent or unreadable. Never decodes pixels
+    (PIL's PNG ``getexif`` loads the whole image when no eXIf chunk precedes the pixel data: not asked then)."""
+    if im.format == 'PNG' and 'exif' not in im.info:
+        return 1
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block is no reason to refuse the pixels
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_exif_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """``arr`` (H x W or H x W x C) as PIL's ``ImageOps.exif_transpose`` turns an image of that EXIF orientation:
+    2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return arr[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+def image_header(path: str, max_pixels: int | None = None) -> tuple[str, int, int, str, int]:
+    """(format, width, height, mode, EXIF orientation) of an image file from its header only (nothing decoded);
+    ImageError naming the file when it is missing, not an image, or declares more than ``max_pixels`` pixels."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageError(path, 'file not found' if not os.path.exists(path) else 'not a regular file')
+    if os.path.getsize(path) == 0:
+        raise ImageError(path, 'empty file (0 bytes)')
+    return _read_header(path, path, get_max_pixels(max_pixels), with_orientation=True)
+
+
+def _read_header(data: bytes | str, path: str, max_pixels: int, with_orientation: bool = False) -> tuple:
+    """(format, width, height, mode[, orientation]) from the header only (``data``: the bytes, or the file path
+    read lazily); the limit is checked before any decoding."""
+    orientation = 1
     try:
         with _pil_open(data) as im:
             fmt, (w, h), mode = im.format or '?', im.size, im.mode
+            if with_orientation:
+                orientation = _exif_orientation(im)
     except UnidentifiedImageError:
         raise ImageError(path, 'not a recognised image format (unknown or corrupt header)') from None
     except Exception as e:  # noqa: BLE001 - any parser failure on a malformed header is a bad file
@@ -111,7 +162,7 @@ def _read_header(data: bytes, path: str, max_pixels: int) -> tuple[str, int, int
     if w * h > max_pixels:
         raise ImageError(path, f'declared size {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} '
                          f'(raise it with max_pixels= or {MAX_PIXELS_ENV})')
-    return fmt, w, h, mode
+    return (fmt, w, h, mode, orientation) if with_orientation else (fmt, w, h, mode)
 
 
 def _decode_cv2(data: bytes) -> np.ndarray | None:
@@ -170,7 +221,7 @@ def _to_float(arr: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def read_image(path: str, max_pixels: int | None = None, channel_order: str = 'rgb',
-               gray: str = 'rgb') -> tuple[np.ndarray, ImageInfo]:
+               gray: str = 'rgb', orient: bool = False) -> tuple[np.ndarray, ImageInfo]:
     """Read one untrusted image file; see the module docstring for the returned format.
 
     Args:
@@ -178,6 +229,7 @@ def read_image(path: str, max_pixels: int | None = None, channel_order: str = 'r
         max_pixels: refuse files whose header declares more pixels (default: :func:`get_max_pixels`).
         channel_order: ``'rgb'`` or ``'bgr'`` for the colour channels of ``img``.
         gray: ``'rgb'`` replicates grayscale to 3 channels; ``'keep'`` returns H x W x 1.
+        orient: apply the EXIF orientation (see the module docstring).
 
     Raises:
         ImageError: naming the file and the reason.
@@ -197,7 +249,7 @@ def read_image(path: str, max_pixels: int | None = None, channel_order: str = 'r
         raise ImageError(path, f'cannot read the file ({e.strerror or e})') from None
     if not data:
         raise ImageError(path, 'empty file (0 bytes)')
-    fmt, w, h, mode = _read_header(data, path, limit)
+    fmt, w, h, mode, orientation = _read_header(data, path, limit, with_orientation=True)
 
     arr = _decode_cv2(data)
     if arr is None or arr.shape[:2] != (h, w):
@@ -223,8 +275,12 @@ def read_image(path: str, max_pixels: int | None = None, channel_order: str = 'r
         arr_f = arr_f[..., :1]
     if channel_order == 'bgr' and arr_f.shape[2] == 3:
         arr_f = arr_f[..., ::-1]
+    if orient and orientation != 1:
+        arr_f = apply_exif_orientation(arr_f, orientation)
+        alpha = None if alpha is None else np.ascontiguousarray(apply_exif_orientation(alpha, orientation))
+        h, w = arr_f.shape[:2]
     info = ImageInfo(path=path, format=fmt, width=w, height=h, channels=channels, bit_depth=bit_depth,
-                     mode=mode, alpha=alpha)
+                     mode=mode, alpha=alpha, orientation=orientation)
     return np.ascontiguousarray(arr_f, dtype=np.float32), info
 
 
