@@ -210,6 +210,18 @@ def _wrap_parse_options(marker: str, wrap: Callable[[Callable], Callable]) -> st
     return APPLIED
 
 
+def _quiet_option_dump() -> str:
+    import basicsr.utils.options as bopt
+    if getattr(bopt.dict2str, '_basicsr_ext', False):
+        return ALREADY
+    stock = bopt.dict2str
+    _STOCK['dict2str'] = stock
+    # only the pipelines' copies: dict2str calls itself through basicsr.utils.options (nested blocks)
+    _rebind('dict2str', stock, _ours('utils.options').make_dict2str(stock),
+            modules=['basicsr.train', 'basicsr.test', 'basicsr'])
+    return APPLIED
+
+
 def _option_keys() -> str:
     checks = _ours('data.checks')
     return _wrap_parse_options('_basicsr_ext_keys_checked', checks._checked_parse_options)
@@ -342,7 +354,8 @@ def upgrade_pipeline_namespace(namespace: dict) -> list[str]:
     import basicsr.train as btrain
     done = []
     for name, current in (('load_resume_state', btrain.load_resume_state), ('EnlargedSampler', btrain.EnlargedSampler),
-                          ('build_dataset', btrain.build_dataset), ('parse_options', btrain.parse_options)):
+                          ('build_dataset', btrain.build_dataset), ('parse_options', btrain.parse_options),
+                          ('dict2str', btrain.dict2str)):
         stock, value = _STOCK.get(name), namespace.get(name)
         if stock is None or value is None or value is current:
             continue
@@ -414,6 +427,12 @@ PATCHES: tuple[Patch, ...] = (
           'parse_options, ordered_yaml, yaml_load (basicsr.utils.options and every BasicSR module that imported '
           'them): the safe ordered loader (file and line named), --force_yml values parsed as YAML data',
           _safe_options),
+    Patch('quiet_option_dump', UPGRADE, 'basicsr 1.4.2 (train_pipeline, test_pipeline)',
+          'the pipelines log every option (about 200 lines) to the console as well as to the log file: an error '
+          'a few lines later scrolls away behind them',
+          'dict2str in basicsr.train and basicsr.test: the dump goes to the log file only (the console handlers of '
+          "BasicSR's logger drop it while a log file is written)",
+          _quiet_option_dump),
     Patch('option_keys', UPGRADE, 'basicsr 1.4.2',
           'a misspelt or misplaced dataset/degradation key is silently ignored and the run trains something '
           'else',
@@ -454,7 +473,7 @@ PATCHES: tuple[Patch, ...] = (
           'python -m basicsr.train or a clone\'s basicsr/train.py run train.py as __main__, with its own '
           'load_resume_state and names imported before anything of the entries above reached them',
           'parse_options, when a pipeline calls it: that pipeline\'s stock load_resume_state, EnlargedSampler, '
-          'build_dataset and parse_options become those of basicsr.train',
+          'build_dataset, parse_options and dict2str become those of basicsr.train',
           _script_pipelines),
 )
 

@@ -9,9 +9,11 @@ with the file, line and tag named, before anything is constructed. ``basicsr_ext
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import os.path as osp
 import random
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -108,10 +110,18 @@ def yaml_load_safe(stream: Any, name: str = '<string>') -> Any:
     return data
 
 
+MAX_OPTION_FILE_BYTES = 1_000_000  # 1 MB: the largest real option files are a few kB
+
+
 def load_option_file(path: str) -> OrderedDict:
-    """Read an option file safely; a missing file, invalid YAML or a non-mapping top level is an OptionError."""
+    """Read an option file safely; a missing file, a file over :data:`MAX_OPTION_FILE_BYTES`, invalid YAML or a
+    non-mapping top level is an OptionError."""
     if not osp.isfile(path):
         raise OptionError(f'option file not found: {path}')
+    size = osp.getsize(path)
+    if size > MAX_OPTION_FILE_BYTES:
+        raise OptionError(f'{path}: {size} bytes, over the {MAX_OPTION_FILE_BYTES}-byte (1 MB) limit for option '
+                          'files (real ones are a few kB): not an option file?')
     try:
         with open(path, encoding='utf-8') as f:
             opt = yaml_load_safe(f, name=path)
@@ -187,6 +197,89 @@ def _type_check(opt: dict, path: str) -> None:
                 raise bad(f'val:metrics:{name}', 'a mapping', m)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# numbers: YAML 1.1 strings that are numbers, and values BasicSR would crash on (or silently misuse) later
+# ----------------------------------------------------------------------------------------------------------
+#: keys whose values are floats (or lists of floats) wherever they appear: optimizers, schedulers, losses, EMA
+FLOAT_KEYS = {'lr', 'weight_decay', 'eps', 'gamma', 'eta_min', 'ema_decay', 'loss_weight', 'betas', 'momentum',
+              'restart_weights', 'real_label_val', 'fake_label_val', 'grad_clip', 'perceptual_weight',
+              'style_weight', 'lr_mult'}
+#: keys whose values are integers (or lists of integers)
+INT_KEYS = {'total_iter', 'warmup_iter', 'milestones', 'periods', 'batch_size_per_gpu', 'num_worker_per_gpu',
+            'dataset_enlarge_ratio', 'gt_size', 'scale', 'print_freq', 'save_checkpoint_freq', 'val_freq',
+            'net_d_iters', 'net_d_init_iters'}
+#: a number PyYAML (YAML 1.1) leaves as a string: ``1e-3``, ``2E5``, ``+1e4`` (no dot before the exponent)
+_NUMBER_STRING = re.compile(r'^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$')
+
+
+def _is_float_key(key: str) -> bool:
+    return key in FLOAT_KEYS or key.endswith(('_weight', '_prob', '_lr')) or key.startswith('lr_')
+
+
+def _as_number(value: Any, want_int: bool, where: str) -> Any:
+    """``value`` as the float/int the key needs when it is a number written as a string (``'1e-3'``) or, for an
+    integer key, an integral float (``4e5`` → 400000); anything else is returned unchanged for the checks."""
+    if isinstance(value, str) and _NUMBER_STRING.match(value.strip()):
+        value = float(value)
+    if want_int and isinstance(value, float):
+        if not value.is_integer():
+            raise OptionError(f'{where} must be an integer, got {value!r} (write e.g. {int(value)})')
+        return int(value)
+    return value
+
+
+def coerce_numbers(node: Any, where: str) -> None:
+    """In place, through the whole option tree: numbers written as strings under :data:`FLOAT_KEYS` /
+    :data:`INT_KEYS` (and ``*_weight``, ``*_prob``, ``lr_*``) become numbers (``lr: 1e-3`` is a string in YAML
+    1.1, which PyYAML follows: BasicSR would hand the optimizer a string), integral floats under integer keys
+    become ints; a fractional value under an integer key is refused naming the key path."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f'{where}:{key}' if where else str(key)
+            if isinstance(key, str) and (key in INT_KEYS or _is_float_key(key)):
+                want_int = key in INT_KEYS
+                if isinstance(value, list):
+                    node[key] = [_as_number(v, want_int, f'{path}[{i}]') for i, v in enumerate(value)]
+                elif not isinstance(value, (dict, bool)):
+                    node[key] = _as_number(value, want_int, path)
+            coerce_numbers(node[key], path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            coerce_numbers(value, f'{where}[{i}]')
+
+
+def check_numbers(opt: dict, path: str, is_train: bool) -> None:
+    """Values BasicSR accepts at parse and fails on (or misuses) later, refused naming the key path: ``scale``,
+    ``train:total_iter``, the dataset sizes and counts, the logger/validation frequencies (0 is a
+    ZeroDivisionError at the first iteration)."""
+    def need(key_path: str, value: Any, least: int, what: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise OptionError(f'{path}: option {key_path} must be {what}, got {type(value).__name__} {value!r}')
+        if value < least:
+            raise OptionError(f'{path}: option {key_path} must be {what}, got {value}')
+
+    if 'scale' in opt:
+        need('scale', opt['scale'], 1, 'an integer upscaling factor >= 1')
+    if 'gt_size' in opt and opt['gt_size'] is not None:
+        need('gt_size', opt['gt_size'], 1, 'a positive crop size in pixels')
+    for phase, ds in (opt.get('datasets') or {}).items():
+        for key, least, what in (('batch_size_per_gpu', 1, 'a positive batch size'),
+                                 ('num_worker_per_gpu', 0, 'a number of workers >= 0'),
+                                 ('dataset_enlarge_ratio', 1, 'an integer ratio >= 1'),
+                                 ('gt_size', 1, 'a positive crop size in pixels')):
+            if isinstance(ds, dict) and ds.get(key) is not None:
+                need(f'datasets:{phase}:{key}', ds[key], least, what)
+    train = opt.get('train')
+    if is_train and isinstance(train, dict):
+        if 'total_iter' not in train:
+            raise OptionError(f'{path}: option train:total_iter is missing (the number of iterations)')
+        need('train:total_iter', train['total_iter'], 1, 'a positive number of iterations')
+    for block, key in (('logger', 'print_freq'), ('logger', 'save_checkpoint_freq'), ('val', 'val_freq')):
+        value = (opt.get(block) or {}).get(key) if isinstance(opt.get(block), dict) else None
+        if value is not None:
+            need(f'{block}:{key}', value, 1, 'a positive number of iterations')
+
+
 def parse_options(root_path: str, is_train: bool = True):
     """BasicSR 1.4.2's ``parse_options`` with the same flags and folders, on the safe loader."""
     import torch
@@ -225,6 +318,11 @@ def parse_options(root_path: str, is_train: bool = True):
 
     for entry in args.force_yml or []:
         _set_by_path(opt, entry)
+    try:
+        coerce_numbers(opt, '')
+    except OptionError as e:
+        raise OptionError(f'{args.opt}: option {e}') from None
+    check_numbers(opt, args.opt, is_train)
 
     opt['auto_resume'] = args.auto_resume
     opt['is_train'] = is_train
@@ -266,6 +364,37 @@ def parse_options(root_path: str, is_train: bool = True):
     from basicsr_ext.metrics.pyiqa_metric import resolve_metric_better  # lazy: metrics import utils
     resolve_metric_better(opt)  # val.metrics.<name>.better of type: pyiqa entries from pyiqa's lower_better
     return opt, args
+
+
+class OptionDump(str):
+    """The text of BasicSR's ``dict2str(opt)`` (the option dump logged at start): marked so that the console
+    handlers of BasicSR's logger leave it to the log file (entry ``quiet_option_dump`` of ``basicsr_ext.patches``)."""
+
+
+class _OptionDumpToFileOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(record.msg, OptionDump)
+
+
+def make_dict2str(stock: Any) -> Any:
+    """BasicSR's ``dict2str`` whose result is an :class:`OptionDump`; when BasicSR's logger writes a log file,
+    its console handlers are given a filter that drops the dump (the log file keeps it): the console shows the
+    run, and an error stays the last thing printed instead of following 200 lines of options."""
+    def dict2str(opt, indent_level=1):
+        text = stock(opt, indent_level)
+        for name in ('basicsr', ):
+            handlers = logging.getLogger(name).handlers
+            if not any(isinstance(h, logging.FileHandler) for h in handlers):
+                continue
+            for h in handlers:
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) and \
+                        not any(isinstance(f, _OptionDumpToFileOnly) for f in h.filters):
+                    h.addFilter(_OptionDumpToFileOnly())
+        return OptionDump(text)
+
+    dict2str.__doc__ = stock.__doc__
+    dict2str._basicsr_ext = True
+    return dict2str
 
 
 def ordered_yaml():

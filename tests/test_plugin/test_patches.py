@@ -325,6 +325,35 @@ def test_patch_safe_options(tmp_path, monkeypatch):
         assert bopt.yaml_load is ours.yaml_load
 
 
+def test_patch_quiet_option_dump(tmp_path):
+    """BasicSR logs the ~200-line option dump to the console too; with the entry it goes to the log file only."""
+    import logging
+
+    from basicsr_ext.utils.options import OptionDump
+    assert _state('quiet_option_dump') in DONE
+    assert btrain.dict2str is btest.dict2str and btrain.dict2str is not bopt.dict2str
+    logger = logging.getLogger('basicsr')
+    saved = logger.handlers[:], logger.propagate, logger.level
+    console = logging.StreamHandler(stream=open(tmp_path / 'console', 'w'))
+    log_file = logging.FileHandler(tmp_path / 'train.log')
+    logger.handlers[:] = [console, log_file]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        opt = {'name': 'x', 'train': {'total_iter': 3}}
+        text = btrain.dict2str(opt)
+        assert isinstance(text, OptionDump) and text == bopt.dict2str(opt)
+        logger.info(text)
+        logger.info('Start training')
+    finally:
+        logger.handlers[:], logger.propagate, logger.level = saved
+        console.stream.close()
+        log_file.close()
+    assert 'total_iter' not in (tmp_path / 'console').read_text()
+    assert 'Start training' in (tmp_path / 'console').read_text()
+    assert 'total_iter' in (tmp_path / 'train.log').read_text()
+
+
 def test_patch_option_keys(tmp_path, monkeypatch):
     assert _state('option_keys') in DONE
     path = tmp_path / 'typo.yml'
@@ -353,7 +382,7 @@ def test_patch_preflight(tmp_path, monkeypatch):
                                   'gt_size': 16, 'batch_size_per_gpu': 1}},
            'network_g': {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1},
            'path': {'pretrain_network_g': None},
-           'train': {'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}}, 'logger': {}}
+           'train': {'total_iter': 10, 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}}, 'logger': {}}
     path = tmp_path / 'o.yml'
 
     def parse(**changes):
@@ -469,7 +498,8 @@ def test_patch_script_pipelines():
     assert namespace['load_resume_state'] is not btrain.load_resume_state  # its own copy, the stock code
     assert namespace['EnlargedSampler'] is not btrain.EnlargedSampler  # imported from basicsr.data.data_sampler
     assert namespace['parse_options'] is btrain.parse_options  # imported after the patches: ours already
-    assert sorted(patches.upgrade_pipeline_namespace(namespace)) == ['EnlargedSampler', 'load_resume_state']
+    assert sorted(patches.upgrade_pipeline_namespace(namespace)) == ['EnlargedSampler', 'dict2str',
+                                                                     'load_resume_state']
     assert namespace['load_resume_state'] is btrain.load_resume_state
     assert namespace['EnlargedSampler'] is btrain.EnlargedSampler
     assert patches.upgrade_pipeline_namespace(namespace) == []
