@@ -10,6 +10,7 @@
 - ``--crop X Y W H`` in GT pixels (default: a centred square of a quarter of the shorter side). Bicubic is the
   MATLAB-compatible bicubic (BasicSR's ``imresize``) of the LR, or of the GT downscaled by the same kernel when
   no LR is given (``--no-bicubic`` to leave it out). ``--overview`` adds the whole GT with the crop framed.
+- The drawing lives in ``basicsr_ext.utils.comparison`` (also used by ``scripts/quickstart.py``).
 - Every panel is ``--panel`` pixels wide (nearest-neighbour zoom, so pixels stay visible) with its label
   under it; the PNG size is exact: ``n * panel + (n + 1) * gap`` wide and written atomically.
 """
@@ -22,18 +23,9 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import basicsr_ext  # noqa: E402,F401
-import cv2  # noqa: E402
-import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from basicsr_ext.utils.image_io import ImageError, list_images, match_by_stem, read_image, write_figure_atomic  # noqa: E402,E501
-
-LABEL_PX = 22
-GAP_PX = 6
+from basicsr_ext.utils.comparison import (GAP_PX, LABEL_PX, bicubic_like_gt, default_crop, fit_to,  # noqa: E402,F401
+                                          make_sheet, sheet_size)
+from basicsr_ext.utils.image_io import ImageError, list_images, match_by_stem, read_image  # noqa: E402
 
 
 def resolve(path: str, stem: str | None) -> str:
@@ -46,56 +38,6 @@ def resolve(path: str, stem: str | None) -> str:
             raise ValueError(f'no image for {stem!r} in {path}')
         return found
     return path
-
-
-def bicubic_like_gt(gt: np.ndarray, lq: np.ndarray | None, scale: int) -> np.ndarray:
-    """MATLAB-bicubic upscaling of the LR (or of the bicubic-downscaled GT), at the GT's size."""
-    from basicsr.utils.matlab_functions import imresize
-    if lq is None:
-        lq = np.clip(np.asarray(imresize(gt, 1.0 / scale)), 0, 1)
-    up = np.clip(np.asarray(imresize(lq, scale)), 0, 1)
-    h, w = min(up.shape[0], gt.shape[0]), min(up.shape[1], gt.shape[1])
-    out = np.zeros_like(gt)
-    out[:h, :w] = up[:h, :w]
-    return out
-
-
-def default_crop(h: int, w: int) -> tuple[int, int, int, int]:
-    side = max(8, min(h, w) // 4)
-    return (w - side) // 2, (h - side) // 2, side, side
-
-
-def sheet_size(n_panels: int, panel: int, crop_wh: tuple[int, int]) -> tuple[int, int]:
-    """(width, height) in pixels of a sheet of ``n_panels`` crops."""
-    ph = int(round(panel * crop_wh[1] / crop_wh[0]))
-    return n_panels * panel + (n_panels + 1) * GAP_PX, ph + LABEL_PX + 2 * GAP_PX
-
-
-def make_sheet(panels: list[tuple[str, np.ndarray]], crop: tuple[int, int, int, int], out: str, panel: int = 256,
-               overview: np.ndarray | None = None, dpi: int = 100) -> tuple[int, int]:
-    """Write the sheet; ``panels`` are (label, full RGB float image at GT size). Returns the PNG size."""
-    x, y, cw, ch = crop
-    n = len(panels) + (overview is not None)
-    W, H = sheet_size(n, panel, (cw, ch))
-    ph = H - LABEL_PX - 2 * GAP_PX
-    fig = plt.figure(figsize=(W / dpi, H / dpi), dpi=dpi)
-    fig.patch.set_facecolor('white')
-    items = ([('GT (overview)', overview)] if overview is not None else []) + list(panels)
-    for i, (label, img) in enumerate(items):
-        left = GAP_PX + i * (panel + GAP_PX)
-        ax = fig.add_axes([left / W, (GAP_PX + LABEL_PX) / H, panel / W, ph / H])
-        ax.set_axis_off()
-        if overview is not None and i == 0:
-            ax.imshow(img, interpolation='antialiased', aspect='auto')
-            ax.add_patch(Rectangle((x - 0.5, y - 0.5), cw, ch, fill=False, edgecolor='red', linewidth=1.5))
-        else:
-            zoom = cv2.resize(np.ascontiguousarray(img[y:y + ch, x:x + cw]), (panel, ph),
-                              interpolation=cv2.INTER_NEAREST)
-            ax.imshow(np.clip(zoom, 0, 1), interpolation='nearest', aspect='auto')
-        fig.text((left + panel / 2) / W, (GAP_PX + LABEL_PX / 2) / H, label, ha='center', va='center', fontsize=9)
-    write_figure_atomic(fig, out, dpi=dpi)
-    plt.close(fig)
-    return W, H
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in args.method:
             src = resolve(path, args.image)
             img, _ = read_image(src)
-            if img.shape[:2] != (h, w):
-                fixed = np.zeros_like(gt)
-                hh, ww = min(h, img.shape[0]), min(w, img.shape[1])
-                fixed[:hh, :ww] = img[:hh, :ww]
-                img = fixed
+            img = fit_to(img, (h, w))
             panels.append((name, img))
             rows.append((name, src))
         size = make_sheet(panels, crop, args.out, args.panel, gt if args.overview else None)

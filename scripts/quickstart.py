@@ -1,9 +1,12 @@
 """Quickstart: one command, no download. Builds a tiny SR dataset from scikit-image's bundled photos, trains the
-quickstart stages with ``basicsr_ext/train.py`` and tests them with ``basicsr_ext/test.py``, then prints a
-PSNR/SSIM table (Y channel, 4-pixel border crop) on held-out photos.
+quickstart stages with ``basicsr_ext/train.py`` and tests them with ``basicsr_ext/test.py``, then prints a table on
+held-out photos (4-pixel border crop): PSNR on Y and on RGB (a colour cast hides in Y), SSIM on Y, and sharpness as
+the ratio of the SR's mean absolute Laplacian to the GT's (1 = as sharp as the GT; no network weights needed), and
+writes one comparison sheet (the same crop of the GT, bicubic and every method) as ``quickstart_sheet.png``.
 
     python scripts/quickstart.py                       # every stage whose options exist (~10 min on 2 cores)
-    python scripts/quickstart.py --stages rrdb_l1      # the baseline only (~1 min)
+    python scripts/quickstart.py --stages rrdb_l1      # the baseline only (~1.5 min)
+    python scripts/quickstart.py --stages rrdb_l1 ldl aesop --threads 1   # the AESOP part (~5 min on 1 core)
     python scripts/quickstart.py --iters-scale 0.25    # shorter runs (smoke test)
 
 Layout under ``--out`` (default ``quickstart_out/``; option files in ``options/quickstart/`` rely on it):
@@ -16,6 +19,8 @@ Layout under ``--out`` (default ``quickstart_out/``; option files in ``options/q
     experiments/, results/     what BasicSR writes (training runs from this folder as CWD)
     logs/<step>.log            stdout/stderr of every train/test command
     options/test_*.yml         test options generated for the method stages
+    quickstart_results.json    the table's figures
+    quickstart_sheet.png       the comparison sheet
 
 Every command is printed before it runs, so any step can be re-run by hand from ``--out``.
 """
@@ -44,6 +49,7 @@ import numpy as np  # noqa: E402
 import basicsr_ext  # noqa: E402,F401  (compat first)
 from basicsr_ext.data import prep  # noqa: E402
 from basicsr_ext.data.checks import DatasetError  # noqa: E402
+from basicsr_ext.utils import comparison  # noqa: E402
 
 OPTIONS_DIR = osp.join(ROOT, 'options', 'quickstart')
 TRAIN_SCRIPT = osp.join(ROOT, 'basicsr_ext', 'train.py')
@@ -68,6 +74,8 @@ class Step:
     option: str                          # file in options/quickstart/
     label: str | None = None
     test_option: str | None = None       # file in options/quickstart/; None = test_<option> if present, else generated
+    force: tuple[str, ...] = ()          # extra --force_yml entries (shown in the printed command)
+    short: str | None = None             # label on the comparison sheet (default: label)
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,20 @@ class Stage:
     note: str = field(default='')
 
 
+#: the AE decoder starts from the L1 baseline, as the paper's starts from the PSNR RRDB (aesop.md §2), and stays frozen
+#: while the encoder learns its first LR mapping (a random encoder would wreck the pretrained decoder). Given here, not
+#: in aesop_autoencoder.yml, so that the option file also trains alone (tests, benchmarks) without the baseline.
+AE_DECODER_INIT = ('path:pretrain_network_decoder=experiments/quickstart_rrdb_l1/models/net_g_latest.pth',
+                   'path:param_key_decoder=params', 'train:freeze_decoder=150')
+
 STAGES: tuple[Stage, ...] = (
-    Stage('rrdb_l1', (Step('rrdb_l1.yml', 'RRDB + L1 (baseline)', 'test_rrdb_l1.yml'), )),
-    Stage('ldl', (Step('ldl_rrdb.yml', 'RRDB + LDL (AESOP baseline)'), )),
-    Stage('aesop', (Step('aesop_autoencoder.yml'), Step('aesop_rrdb.yml', 'RRDB + AESOP'))),
-    Stage('tvqrap', (Step('tvq_tokenizer.yml'), Step('tvqrap_stage2.yml', 'TVQ&RAP stage II (code prediction)'),
-                     Step('tvqrap_rap.yml', 'TVQ&RAP stage III (RAP)'))),
+    Stage('rrdb_l1', (Step('rrdb_l1.yml', 'RRDB + L1 (baseline)', 'test_rrdb_l1.yml', short='RRDB + L1'), )),
+    Stage('ldl', (Step('ldl_rrdb.yml', 'RRDB + LDL (AESOP baseline)', short='RRDB + LDL'), )),
+    Stage('aesop', (Step('aesop_autoencoder.yml', force=AE_DECODER_INIT),
+                    Step('aesop_rrdb.yml', 'RRDB + AESOP', short='RRDB + AESOP'))),
+    Stage('tvqrap', (Step('tvq_tokenizer.yml'),
+                     Step('tvqrap_stage2.yml', 'TVQ&RAP stage II (code prediction)', short='TVQ&RAP II'),
+                     Step('tvqrap_rap.yml', 'TVQ&RAP stage III (RAP)', short='TVQ&RAP III'))),
 )
 
 
@@ -165,13 +181,23 @@ def build_data(out: str, rebuild: bool = False, log=print) -> dict[str, str]:
 # options, commands
 # ----------------------------------------------------------------------------------------------------------
 def scaled_overrides(opt: dict, factor: float) -> list[str]:
-    """``--force_yml`` entries that scale total_iter, val_freq, checkpoint frequency and LR milestones."""
+    """``--force_yml`` entries that scale total_iter, val_freq, checkpoint frequency, LR milestones, cosine periods
+    (the last one then ends at the new total_iter) and ``freeze_decoder``."""
     if factor == 1:
         return []
     train, out = opt.get('train') or {}, []
     total = int(train.get('total_iter', 0))
     new_total = max(1, int(round(total * factor)))
     out.append(f'train:total_iter={new_total}')
+    periods = (train.get('scheduler') or {}).get('periods')
+    if periods:
+        new = [max(1, int(round(p * factor))) for p in periods]
+        if sum(periods) == total:
+            new[-1] = max(1, new_total - sum(new[:-1]))
+        out.append('train:scheduler:periods=[' + ','.join(map(str, new)) + ']')
+    freeze = int(train.get('freeze_decoder', 0) or 0)
+    if 0 < freeze <= total:
+        out.append(f'train:freeze_decoder={max(1, int(round(freeze * factor)))}')
     if (opt.get('val') or {}).get('val_freq'):
         out.append(f"val:val_freq={max(1, int(round(opt['val']['val_freq'] * factor)))}")
     if (opt.get('logger') or {}).get('save_checkpoint_freq'):
@@ -183,6 +209,22 @@ def scaled_overrides(opt: dict, factor: float) -> list[str]:
         out.append('train:scheduler:milestones=[' + ','.join(str(max(1, int(round(m * factor))))
                                                            for m in milestones) + ']')
     return out
+
+
+def apply_force(opt: dict, entries) -> dict:
+    """``opt`` with ``--force_yml``-style ``a:b=value`` entries applied (values parsed as YAML scalars)."""
+    import copy
+
+    import yaml
+    opt = copy.deepcopy(opt)
+    for entry in entries:
+        keys, value = entry.split('=', 1)
+        *parents, last = keys.split(':')
+        node = opt
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
+    return opt
 
 
 def generic_test_option(train_opt: dict, val_gt: str = 'datasets/val/HR',
@@ -253,33 +295,58 @@ def _tail(path: str, n: int = 25) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # metrics
 # ----------------------------------------------------------------------------------------------------------
-def evaluate_folder(sr_folder: str, hr_folder: str, suffix: str | None = None) -> tuple[float, float, int]:
-    """Mean PSNR/SSIM (Y, crop 4; BasicSR's functions) of the SR images in ``sr_folder`` against ``hr_folder``."""
-    from basicsr.metrics import calculate_psnr, calculate_ssim
-    psnrs, ssims = [], []
-    for hr_path in sorted(glob.glob(osp.join(hr_folder, '*.png'))):
-        stem = osp.splitext(osp.basename(hr_path))[0]
-        cands = ([osp.join(sr_folder, f'{stem}_{suffix}.png')] if suffix else []) + \
-            sorted(glob.glob(osp.join(sr_folder, f'{stem}*.png')))
-        cands = [c for c in cands if osp.isfile(c)]
-        if not cands:
-            raise FileNotFoundError(f'no SR image for {stem} in {sr_folder}')
-        sr, hr = cv2.imread(cands[0]), cv2.imread(hr_path)
-        hr = hr[:sr.shape[0], :sr.shape[1]]
-        psnrs.append(calculate_psnr(sr, hr, crop_border=4, test_y_channel=True))
-        ssims.append(calculate_ssim(sr, hr, crop_border=4, test_y_channel=True))
-    return float(np.mean(psnrs)), float(np.mean(ssims)), len(psnrs)
+def evaluate_folder(sr_folder: str, hr_folder: str, suffix: str | None = None) -> dict[str, float]:
+    """Mean PSNR (Y and RGB), SSIM (Y) and Laplacian ratio of the SR images in ``sr_folder`` against
+    ``hr_folder`` (crop 4; see basicsr_ext.utils.comparison)."""
+    return comparison.evaluate_folder(sr_folder, hr_folder, suffix=suffix, crop_border=4)
 
 
-def bicubic_row(out: str) -> tuple[float, float]:
+def bicubic_row(out: str) -> dict:
     """Bicubic x4 upsampling of the validation LR (MATLAB imresize), for reference."""
     sr_dir = osp.join(out, 'results', 'bicubic')
     os.makedirs(sr_dir, exist_ok=True)
+    t0 = time.time()
     for lr_path in sorted(glob.glob(osp.join(out, 'datasets', 'val', 'LRx4', '*.png'))):
         lr = cv2.imread(lr_path)
         prep.save_png(osp.join(sr_dir, osp.basename(lr_path)), prep.bicubic_resize(lr, SCALE))
-    psnr, ssim, _ = evaluate_folder(sr_dir, osp.join(out, 'datasets', 'val', 'HR'))
-    return psnr, ssim
+    row = dict(method='Bicubic (reference)', short='Bicubic', train_s=None, test_s=time.time() - t0, weights='-',
+               folder='results/bicubic', suffix=None, status='ok')
+    row.update(evaluate_folder(sr_dir, osp.join(out, 'datasets', 'val', 'HR')))
+    return row
+
+
+SHEET_NAME = 'quickstart_sheet.png'
+SHEET_IMAGE = 'chelsea'      # fur, whiskers and an eye: where blur, ringing and colour casts show
+SHEET_CROP = 96              # GT pixels, zoomed x2 (nearest neighbour)
+
+
+def write_sheet(out: str, rows: list[dict], image: str | None = None, crop_side: int = SHEET_CROP,
+                panel: int = 2 * SHEET_CROP) -> str | None:
+    """The comparison sheet of every row with SR images (GT first) on one crop of one validation photo: the
+    ``crop_side`` square with the most GT detail. Each panel is labelled with its row's PSNR-Y on that photo.
+    Returns the path, or None when there is no validation photo."""
+    from basicsr_ext.utils.image_io import list_images, read_image
+    gt_paths = {osp.splitext(osp.basename(p))[0]: p for p in list_images(osp.join(out, 'datasets', 'val', 'HR'))}
+    if not gt_paths:
+        return None
+    stem = image if image in gt_paths else SHEET_IMAGE if SHEET_IMAGE in gt_paths else sorted(gt_paths)[0]
+    gt_bgr = cv2.imread(gt_paths[stem], cv2.IMREAD_COLOR)
+    gt_rgb, _ = read_image(gt_paths[stem])
+    crop = comparison.detail_crop(gt_bgr, crop_side)
+    panels = [('GT', gt_rgb)]
+    for r in rows:
+        if r.get('psnr') is None:
+            continue
+        path = comparison.find_result(osp.join(out, r['folder']), stem, r.get('suffix'))
+        if path is None:
+            continue
+        sr_rgb, _ = read_image(path)
+        sr_rgb = comparison.fit_to(sr_rgb, gt_rgb.shape[:2])
+        psnr = comparison.image_figures(cv2.imread(path, cv2.IMREAD_COLOR), gt_bgr)['psnr']
+        panels.append((f"{r.get('short') or r['method']} ({psnr:.2f} dB)", sr_rgb))
+    path = osp.join(out, SHEET_NAME)
+    comparison.make_sheet(panels, crop, path, panel=panel)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -318,7 +385,8 @@ def plan_stages(names: list[str] | None, out: str, log=print) -> list[Stage]:
         if stage in plan or stage in trail:
             return
         for st in stage.steps:
-            for exp in _referenced_experiments(load_option_file(osp.join(OPTIONS_DIR, st.option))):
+            refs = _referenced_experiments(load_option_file(osp.join(OPTIONS_DIR, st.option)))
+            for exp in sorted(refs | _referenced_experiments(list(st.force))):
                 dep = producer.get(exp)
                 done = osp.isfile(osp.join(out, 'experiments', exp, 'models', 'net_g_latest.pth'))
                 if dep is not None and dep is not stage and not done:
@@ -358,33 +426,40 @@ def _weights_used(test_opt: dict, out: str) -> str:
     return key if key in ckpt else 'params' if 'params' in ckpt else key
 
 
+def _row(step: Step, **kw) -> dict:
+    row = dict(method=step.label or osp.splitext(step.option)[0], short=step.short or step.label, psnr=None,
+               psnr_rgb=None, ssim=None, lap_ratio=None, train_s=None, test_s=None, weights='-', folder='-',
+               suffix=None, status='ok')
+    row.update(kw)
+    return row
+
+
 def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float = 1.0, rebuild_data: bool = False,
                    log=print, threads: int | None = None) -> list[dict]:
-    """Data, then each planned stage's steps in order (train, then test the labelled ones). Returns table rows."""
+    """Data, then each planned stage's steps in order (train, then test the labelled ones), then the comparison
+    sheet and ``quickstart_results.json``. Returns the table rows (bicubic first)."""
     from basicsr_ext.utils.options import load_option_file
     out = osp.abspath(out)
     os.makedirs(out, exist_ok=True)
     build_data(out, rebuild_data, log)
-    rows: list[dict] = []
-    psnr, ssim = bicubic_row(out)
-    rows.append(dict(method='Bicubic (reference)', psnr=psnr, ssim=ssim, train_s=None, weights='-',
-                     folder='results/bicubic', status='ok'))
+    hr_dir = osp.join(out, 'datasets', 'val', 'HR')
+    rows: list[dict] = [bicubic_row(out)]
     for stage in plan_stages(stages, out, log):
         log(f'stage {stage.name}')
+        t_stage = time.time()
         for step in stage.steps:
             opt_path = osp.join(OPTIONS_DIR, step.option)
-            train_opt = load_option_file(opt_path)
+            train_opt = apply_force(load_option_file(opt_path), step.force)
             base = osp.splitext(step.option)[0]
             cmd = [sys.executable, TRAIN_SCRIPT, '-opt', opt_path]
-            force = scaled_overrides(train_opt, iters_scale)
+            force = list(step.force) + scaled_overrides(train_opt, iters_scale)
             if force:
                 cmd += ['--force_yml', *force]
             rc, secs = run_logged(cmd, out, osp.join(out, 'logs', f'{base}.log'), log, threads)
             log(f'    train {base}: {"ok" if rc == 0 else f"FAILED (exit {rc})"} in {secs:.0f} s')
             if rc != 0:
                 log(_tail(osp.join(out, 'logs', f'{base}.log')))
-                rows.append(dict(method=step.label or base, psnr=None, ssim=None, train_s=secs, weights='-',
-                                 folder='-', status=f'train failed: logs/{base}.log'))
+                rows.append(_row(step, train_s=secs, status=f'train failed: logs/{base}.log'))
                 break
             if not step.label:
                 continue
@@ -396,33 +471,44 @@ def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float
                 test_path = osp.join(out, 'options', f'test_{step.option}')
                 write_option(test_opt, test_path)
             test_opt = load_option_file(test_path)
-            rc, _ = run_logged([sys.executable, TEST_SCRIPT, '-opt', test_path], out,
-                               osp.join(out, 'logs', f'test_{base}.log'), log, threads)
+            rc, test_secs = run_logged([sys.executable, TEST_SCRIPT, '-opt', test_path], out,
+                                       osp.join(out, 'logs', f'test_{base}.log'), log, threads)
             sr_dir = osp.join('results', test_opt['name'], 'visualization', 'quickstart_val')
-            row = dict(method=step.label, psnr=None, ssim=None, train_s=secs, weights=_weights_used(test_opt, out),
-                       folder=sr_dir, status='ok')
+            row = _row(step, train_s=secs, test_s=test_secs, weights=_weights_used(test_opt, out), folder=sr_dir,
+                       suffix=test_opt['name'])
             if rc != 0:
                 log(_tail(osp.join(out, 'logs', f'test_{base}.log')))
                 row['status'] = f'test failed: logs/test_{base}.log'
             else:
                 try:
-                    row['psnr'], row['ssim'], _ = evaluate_folder(osp.join(out, sr_dir),
-                                                                  osp.join(out, 'datasets', 'val', 'HR'),
-                                                                  suffix=test_opt['name'])
+                    row.update(evaluate_folder(osp.join(out, sr_dir), hr_dir, suffix=test_opt['name']))
                 except FileNotFoundError as e:
                     row['status'] = f'no SR images: {e}'
             rows.append(row)
+        log(f'  stage {stage.name}: {time.time() - t_stage:.0f} s')
+    sheet = write_sheet(out, rows)
+    if sheet:
+        log(f'comparison sheet: {sheet}')
+    with open(osp.join(out, 'quickstart_results.json.tmp'), 'w') as f:
+        json.dump({'val_photos': list(VAL_PHOTOS), 'scale': SCALE, 'crop_border': 4, 'sheet': sheet,
+                   'rows': rows}, f, indent=1)
+    os.replace(osp.join(out, 'quickstart_results.json.tmp'), osp.join(out, 'quickstart_results.json'))
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ['| method | PSNR (Y) | SSIM (Y) | train time | weights | SR images (under the output folder) | status |',
-             '|---|---|---|---|---|---|---|']
+    """Markdown table of the rows; '-' where a figure is missing."""
+    def num(v, fmt, unit=''):
+        return format(v, fmt) + unit if v is not None else '-'
+
+    lines = ['| method | PSNR (Y) | PSNR (RGB) | SSIM (Y) | sharpness (Laplacian ratio) | train time | test time '
+             '| weights | SR images (under the output folder) | status |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
-        psnr = f"{r['psnr']:.2f}" if r['psnr'] is not None else '-'
-        ssim = f"{r['ssim']:.4f}" if r['ssim'] is not None else '-'
-        t = f"{r['train_s']:.0f} s" if r['train_s'] is not None else '-'
-        lines.append(f"| {r['method']} | {psnr} | {ssim} | {t} | {r['weights']} | {r['folder']} | {r['status']} |")
+        lines.append(f"| {r['method']} | {num(r.get('psnr'), '.2f')} | {num(r.get('psnr_rgb'), '.2f')} "
+                     f"| {num(r.get('ssim'), '.4f')} | {num(r.get('lap_ratio'), '.3f')} "
+                     f"| {num(r.get('train_s'), '.0f', ' s')} | {num(r.get('test_s'), '.0f', ' s')} | {r['weights']} "
+                     f"| {r['folder']} | {r['status']} |")
     return '\n'.join(lines)
 
 
@@ -447,9 +533,12 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    print(f'\nQuickstart results on {len(VAL_PHOTOS)} held-out photos (x{SCALE}, PSNR/SSIM on Y, crop 4), '
-          f'output folder {args.out}:\n')
+    print(f'\nQuickstart results on {len(VAL_PHOTOS)} held-out photos (x{SCALE}, crop 4; sharpness = mean '
+          f'|Laplacian| of the SR over the GT\'s, 1 = as sharp as the GT), output folder {args.out}:\n')
     print(format_table(rows))
+    sheet = osp.join(osp.abspath(args.out), SHEET_NAME)
+    if osp.isfile(sheet):
+        print(f'\ncomparison sheet ({SHEET_IMAGE}, GT / bicubic / each method on the same crop): {sheet}')
     print(f'\ntotal wall time: {time.time() - t0:.0f} s')
     return 0 if all(r['status'] == 'ok' for r in rows) else 1
 

@@ -1,4 +1,5 @@
-"""The quickstart baseline option trains through basicsr_ext/train.py on CPU, learns, and resumes.
+"""The quickstart baseline option trains through basicsr_ext/train.py on CPU, learns, and resumes; a shortened
+quickstart run reports PSNR (Y, RGB), SSIM and the Laplacian sharpness ratio and writes the comparison sheet.
 
 Data: scripts/quickstart.py's builder with fewer photos (same layout). The real options/quickstart/rrdb_l1.yml is
 used with ``--force_yml`` for fewer iterations. The run is SIGKILLed once training state 20 is complete, then
@@ -8,6 +9,7 @@ what BasicSR validates; with an EMA the test would have to read ``params_ema``).
 """
 import glob
 import importlib.util
+import json
 import os
 import os.path as osp
 import re
@@ -26,7 +28,7 @@ from tests.harness import ROOT, TRAIN, env
 OPTION = osp.join(ROOT, 'options', 'quickstart', 'rrdb_l1.yml')
 NAME = 'quickstart_rrdb_l1'
 FORCE = ['--force_yml', 'train:total_iter=40', 'val:val_freq=20', 'logger:save_checkpoint_freq=20',
-         'logger:print_freq=10', 'train:scheduler:milestones=[1000]', 'datasets:train:batch_size_per_gpu=4']
+         'logger:print_freq=10', 'train:scheduler:periods=[40]', 'datasets:train:batch_size_per_gpu=4']
 
 
 def _quickstart_module():
@@ -167,6 +169,77 @@ def test_quickstart_planning_helpers(tmp_path):
     train['train']['ema_decay'] = 0
     assert qs.choose_param_key(train, 10 ** 6) == 'params'
 
-    force = qs.scaled_overrides(load_option_file(OPTION), 0.5)
-    assert 'train:total_iter=250' in force and 'val:val_freq=125' in force
-    assert 'train:scheduler:milestones=[200]' in force and qs.scaled_overrides(train, 1.0) == []
+    base = load_option_file(OPTION)
+    total = base['train']['total_iter']
+    assert base['train']['scheduler']['periods'] == [total]     # the cosine decay ends with the run
+    force = qs.scaled_overrides(base, 0.5)
+    assert f'train:total_iter={total // 2}' in force and f"val:val_freq={base['val']['val_freq'] // 2}" in force
+    assert f'train:scheduler:periods=[{total // 2}]' in force and qs.scaled_overrides(train, 1.0) == []
+    step = {'train': {'total_iter': 100, 'scheduler': {'type': 'MultiStepLR', 'milestones': [80]}}}
+    assert qs.scaled_overrides(step, 0.5) == ['train:total_iter=50', 'train:scheduler:milestones=[40]']
+    cos = {'train': {'total_iter': 101, 'freeze_decoder': 30, 'scheduler': {'periods': [50, 51]}}}
+    assert qs.scaled_overrides(cos, 0.1) == ['train:total_iter=10', 'train:scheduler:periods=[5,5]',
+                                             'train:freeze_decoder=3']
+
+    # the AE step: decoder from the L1 baseline (pulled in by the plan), frozen first; scaled with the run
+    ae_step = next(st for s in qs.STAGES for st in s.steps if st.option == 'aesop_autoencoder.yml')
+    ae = qs.apply_force(load_option_file(osp.join(ROOT, 'options', 'quickstart', ae_step.option)), ae_step.force)
+    assert ae['path']['pretrain_network_decoder'] == f'experiments/{NAME}/models/net_g_latest.pth'
+    assert ae['network_g']['dec_opt']['num_feat'] == base['network_g']['num_feat']   # the same RRDBNet
+    assert 0 < ae['train']['freeze_decoder'] < ae['train']['total_iter']
+    assert qs._referenced_experiments(list(ae_step.force)) == {NAME}
+    assert [s.name for s in qs.plan_stages(['aesop'], str(tmp_path), log=lambda m: None)] == ['rrdb_l1', 'aesop']
+
+
+def test_figures_colour_shift_and_sharpness():
+    """PSNR on RGB sees a colour cast that Y hides; the Laplacian ratio is 1 for the GT, < 1 when blurred."""
+    from skimage import data
+
+    from basicsr_ext.utils.comparison import image_figures, laplacian_ratio
+    gt = np.ascontiguousarray(data.chelsea()[:96, :128, ::-1])
+    f = image_figures(gt.copy(), gt)
+    assert f['psnr'] == f['psnr_rgb'] == float('inf') and f['ssim'] == pytest.approx(1) and f['lap_ratio'] == 1
+    # a magenta cast (BGR +20, -14, +20) that leaves Y = 0.257 R + 0.504 G + 0.098 B nearly unchanged
+    cast = np.clip(gt.astype(np.int16) + np.array([20, -14, 20], np.int16), 0, 255).astype(np.uint8)
+    f = image_figures(cast, gt)
+    assert f['psnr_rgb'] < 25 and f['psnr'] > f['psnr_rgb'] + 10, f
+    blurred = cv2.GaussianBlur(gt, (0, 0), 1.5)
+    assert 0 < laplacian_ratio(blurred, gt) < 0.6
+    noisy = np.clip(gt + np.random.default_rng(0).normal(0, 8, gt.shape), 0, 255).astype(np.uint8)
+    assert laplacian_ratio(noisy, gt) > 1
+
+
+def test_shortened_quickstart_reports_figures_and_writes_the_sheet(qs_out, monkeypatch, capsys):
+    """scripts/quickstart.py (the baseline stage at 1 % of its iterations): every column, the JSON and the sheet."""
+    out, qs = qs_out
+    from basicsr_ext.utils import comparison
+    logs = []
+    rows = qs.run_quickstart(out, ['rrdb_l1'], iters_scale=0.01, log=logs.append, threads=1)
+    assert [r['method'] for r in rows] == ['Bicubic (reference)', 'RRDB + L1 (baseline)']
+    assert all(r['status'] == 'ok' for r in rows), rows
+    for r in rows:
+        for key in ('psnr', 'psnr_rgb', 'ssim', 'lap_ratio'):
+            assert r[key] is not None and np.isfinite(r[key]), (key, r)
+        assert 0 < r['lap_ratio'] < 2 and r['psnr_rgb'] != r['psnr']
+    assert rows[0]['lap_ratio'] < 0.8        # bicubic x4 is blurry
+    assert rows[1]['train_s'] > 0 and rows[1]['test_s'] > 0
+    table = qs.format_table(rows)
+    assert '| PSNR (Y) | PSNR (RGB) | SSIM (Y) | sharpness (Laplacian ratio) |' in table
+    assert f"| {rows[1]['psnr_rgb']:.2f} |" in table and f"| {rows[0]['lap_ratio']:.3f} |" in table
+
+    sheet = osp.join(out, qs.SHEET_NAME)
+    assert f'comparison sheet: {sheet}' in logs
+    img = cv2.imread(sheet)
+    assert img is not None
+    w, h = comparison.sheet_size(3, 2 * qs.SHEET_CROP, (qs.SHEET_CROP, qs.SHEET_CROP))   # GT, bicubic, L1
+    assert img.shape[:2] == (h, w)
+    with open(osp.join(out, 'quickstart_results.json')) as f:
+        saved = json.load(f)
+    assert saved['sheet'] == sheet and [r['method'] for r in saved['rows']] == [r['method'] for r in rows]
+
+    # the command line prints the table and the sheet's path (run_quickstart itself is tested above)
+    monkeypatch.setattr(qs, 'run_quickstart', lambda *a, **k: rows)
+    assert qs.main(['--out', out, '--stages', 'rrdb_l1']) == 0
+    printed = capsys.readouterr().out
+    assert table in printed and f'comparison sheet (chelsea, GT / bicubic / each method on the same crop): {sheet}' \
+        in printed
