@@ -72,4 +72,5 @@ def test_tvqrap_rap_model_resumes_exactly(tmp_path):
     opt['path'].update(pretrain_network_tok=tok_path, pretrain_network_g=None)
     opt['network_g']['tokenizer_path'] = tok_path
     opt['datasets']['train']['batch_size_per_gpu'] = 2
+    opt['datasets']['train']['gt_size'] = 64  # the test's images are 64 px (the quickstart crops 128)
     _exact_resume(tmp_path, _common(opt, data, 'resume_tvqrap', 2 * K))
