@@ -42,15 +42,23 @@ from basicsr_ext.archs.tvq_blocks import ResBlock as ResBlockBase
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour codebook (squared L2, computed in fp32, no EMA / l2-norm / k-means), §2 "Quantizer".
 
-    loss = mean||sg(q) - z||^2 + beta * mean||q - sg(z)||^2 (beta on the codebook term: CodeFormer convention);
-    the output is the straight-through copy z + sg(q - z). Init uniform(+-1/K).
+    loss = commit_weight * mean||sg(q) - z||^2 + beta * mean||q - sg(z)||^2 (official: commit_weight 1, beta 0.25
+    on the codebook term, the CodeFormer convention); the output is the straight-through copy z + sg(q - z).
+    Init uniform(+-1/K) (official) or uniform(+-``init_scale``).
+
+    Small-scale note (README "Scaling TVQ&RAP down"): with codes of size ~1/K and the commitment term pulling the
+    texture feature T onto them, a reduced tokenizer's texture path dies (codes ~0.02 against a structure feature
+    ~20; zeroing the codes changes nothing). ``commit_weight: 0`` with ``init_scale`` ~ the scale of T keeps it alive.
     """
 
-    def __init__(self, codebook_size: int = 1024, emb_dim: int = 256, beta: float = 0.25) -> None:
+    def __init__(self, codebook_size: int = 1024, emb_dim: int = 256, beta: float = 0.25,
+                 commit_weight: float = 1.0, init_scale: float | None = None) -> None:
         super().__init__()
         self.codebook_size, self.emb_dim, self.beta = codebook_size, emb_dim, beta
+        self.commit_weight = float(commit_weight)
         self.embedding = nn.Embedding(codebook_size, emb_dim)
-        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+        bound = 1.0 / codebook_size if init_scale is None else float(init_scale)
+        nn.init.uniform_(self.embedding.weight, -bound, bound)
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> indices (B, h, w) of the nearest code (squared L2, fp32)."""
@@ -71,7 +79,8 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             zf = z.float()
             q = self.lookup(indices)
-            loss = torch.mean((q.detach() - zf) ** 2) + self.beta * torch.mean((q - zf.detach()) ** 2)
+            loss = (self.commit_weight * torch.mean((q.detach() - zf) ** 2)
+                    + self.beta * torch.mean((q - zf.detach()) ** 2))
             q_st = zf + (q - zf).detach()
         return q_st, loss, indices
 
@@ -152,6 +161,8 @@ class TVQTokenizer(nn.Module):
         enc_depths: Swin depths of the encoder groups at H/8 and H/16 (4, 2); gen_depth: Swin depth in the
         generator groups (2); num_heads (8); window_size (8).
         img_size: HR size the persistent ``attn_mask`` buffers are built for (256 in the official checkpoints).
+        commit_weight (1.0) / codebook_init_scale (None = uniform +-1/K): quantiser options for reduced nets, see
+        :class:`VectorQuantizer` (official values by default).
         norm_groups: groups of every GroupNorm (32 = official). Reduced widths need fewer (e.g. 8 for 32-channel
         layers) so that a group is not a single channel; the state dict is the same for any value.
     """
@@ -161,7 +172,8 @@ class TVQTokenizer(nn.Module):
                  emb_dim: int = 256, codebook_size: int = 1024, beta: float = 0.25,
                  dec_ch: Sequence[int] = (128, 128, 64), aux_ch: Sequence[int] = (32, 64),
                  enc_depths: Sequence[int] = (4, 2), gen_depth: int = 2, num_heads: int = 8, window_size: int = 8,
-                 img_size: int = 256, norm_groups: int = GN_GROUPS) -> None:
+                 img_size: int = 256, norm_groups: int = GN_GROUPS, commit_weight: float = 1.0,
+                 codebook_init_scale: float | None = None) -> None:
         super().__init__()
         ResBlock = partial(ResBlockBase, groups=norm_groups)  # noqa: N806
         self.norm_groups = norm_groups
@@ -185,7 +197,7 @@ class TVQTokenizer(nn.Module):
                     ResBlock(m1, structure_ch), ResBlock(structure_ch), ResBlock(structure_ch),
                     normalize(structure_ch, norm_groups), nn.Conv2d(structure_ch, structure_ch, 3, 1, 1)]
         self.encoder = BlockStack(enc)
-        self.quantize = VectorQuantizer(codebook_size, emb_dim, beta)
+        self.quantize = VectorQuantizer(codebook_size, emb_dim, beta, commit_weight, codebook_init_scale)
         self.generator = TVQGenerator(
             build_structure_path(structure_ch, struct_mid_ch, emb_dim, img_size, num_heads, window_size, gen_depth,
                                  norm_groups) if structure else None,

@@ -52,3 +52,24 @@ def test_with_one_channel_per_group_the_mean_colour_cannot_reach_the_output():
             means = dec(z).mean(dim=(2, 3))  # (6, 3) mean colour per image
         spread[groups] = means.std(dim=0).mean().item()
     assert spread[8] > 5 * spread[32], spread
+
+
+def test_quantizer_defaults_are_official_and_small_scale_options_apply():
+    """commit_weight 1 / beta 0.25 / init +-1/K by default (golden-safe); the reduced options change exactly the
+    commitment term and the initial codebook range."""
+    torch.manual_seed(0)
+    tok = TVQTokenizer(**QUICK)
+    assert tok.quantize.commit_weight == 1.0 and tok.quantize.beta == 0.25
+    assert tok.quantize.embedding.weight.abs().max() <= 1 / 64
+    small = TVQTokenizer(**QUICK, beta=1.0, commit_weight=0.0, codebook_init_scale=0.5)
+    w = small.quantize.embedding.weight
+    assert 0.4 < w.abs().max().item() <= 0.5
+    z = torch.randn(2, 32, 4, 4, requires_grad=True)
+    _, loss, _ = small.quantize(z)
+    loss.backward()
+    # no commitment term: the codebook loss sends no gradient into the texture feature
+    assert z.grad is None or torch.count_nonzero(z.grad) == 0
+    z2 = torch.randn(2, 32, 4, 4, requires_grad=True)
+    _, loss2, _ = tok.quantize(z2)
+    loss2.backward()
+    assert torch.count_nonzero(z2.grad) > 0
