@@ -20,17 +20,11 @@ entry points print as one line.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from typing import Any, Callable, Mapping
 
-from basicsr_ext.utils.options import OptionError
-
-
-def _did_you_mean(key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(str(key), allowed, 1)
-    return f' (did you mean {close[0]!r}?)' if close else ''
+from basicsr_ext.utils.options import OptionError, did_you_mean
 
 
 def registered(registry: Any, name: Any, what: str, where: str) -> Any:
@@ -42,7 +36,7 @@ def registered(registry: Any, name: Any, what: str, where: str) -> Any:
     for candidate in (name, f'{name}_basicsr'):
         if candidate in obj_map:
             return obj_map[candidate]
-    raise OptionError(f'{where}: unknown {what} type {name!r}{_did_you_mean(name, sorted(obj_map))}')
+    raise OptionError(f'{where}: unknown {what} type {name!r}{did_you_mean(name, sorted(obj_map))}')
 
 
 def check_constructor_keys(cls: Any, block: Mapping[str, Any], where: str) -> None:
@@ -57,7 +51,7 @@ def check_constructor_keys(cls: Any, block: Mapping[str, Any], where: str) -> No
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         unknown = [k for k in given if k not in named]
         if unknown:
-            hints = ', '.join(f'{k!r}{_did_you_mean(k, named)}' for k in unknown)
+            hints = ', '.join(f'{k!r}{did_you_mean(k, named)}' for k in unknown)
             raise OptionError(f'{where}: unknown key(s) {hints}; {cls.__name__} takes: {", ".join(named)}')
     missing = [n for n in named if params[n].default is inspect.Parameter.empty and n not in block]
     if missing:

@@ -527,17 +527,9 @@ def dataset_keys(type_name: Any) -> tuple[str, ...] | None:
 
 def _refuse_unknown(unknown: Sequence[str], allowed: Iterable[str], where: str, reader: str,
                     placement: Callable[[str], str]) -> None:
-    import difflib
-
-    from basicsr_ext.utils.options import OptionError
+    from basicsr_ext.utils.options import OptionError, did_you_mean
     allowed = sorted(set(allowed))
-    hints = []
-    for key in unknown:
-        hint = placement(key)
-        if not hint:
-            close = difflib.get_close_matches(str(key), allowed, 1)
-            hint = f' (did you mean {close[0]!r}?)' if close else ''
-        hints.append(f'{key!r}{hint}')
+    hints = [f'{key!r}{placement(key) or did_you_mean(key, allowed)}' for key in unknown]
     raise OptionError(f'{where}: unknown key(s) {", ".join(hints)}; {reader} reads: {", ".join(allowed)}')
 
 

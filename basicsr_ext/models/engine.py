@@ -87,9 +87,8 @@ class EngineMixin:
         allowed = declared | set(ENGINE_TRAIN_KEYS) | set(BASICSR_TRAIN_KEYS)
         unknown = [k for k in (opt.get('train') or {}) if k not in allowed]
         if unknown:
-            import difflib
-            hints = [f'{k!r}' + (f' (did you mean {m[0]!r}?)' if (m := difflib.get_close_matches(k, allowed, 1)) else '')
-                     for k in unknown]
+            from basicsr_ext.utils.options import did_you_mean
+            hints = [f'{k!r}{did_you_mean(k, allowed)}' for k in unknown]
             raise ConfigError(f"{opt.get('opt_path', 'option file')}: unknown key(s) in train: {', '.join(hints)}; "
                               f'{cls.__name__} reads: {", ".join(sorted(allowed))}')
 

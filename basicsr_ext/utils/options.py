@@ -113,6 +113,14 @@ def yaml_load_safe(stream: Any, name: str = '<string>') -> Any:
 MAX_OPTION_FILE_BYTES = 1_000_000  # 1 MB: the largest real option files are a few kB
 
 
+def did_you_mean(key: Any, allowed) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``allowed`` to ``key``, or ''. The one suggestion helper of every
+    unknown-key message (train keys, dataset/degradation blocks, network and loss kwargs, registry names)."""
+    import difflib
+    close = difflib.get_close_matches(str(key), sorted(allowed), 1)
+    return f' (did you mean {close[0]!r}?)' if close else ''
+
+
 def load_option_file(path: str) -> OrderedDict:
     """Read an option file safely; a missing file, a file over :data:`MAX_OPTION_FILE_BYTES`, invalid YAML or a
     non-mapping top level is an OptionError."""
