@@ -1,0 +1,172 @@
+"""Inference precision and memory format: the one place that decides fp32 / bf16 / fp16 and channels_last.
+
+Used by ``basicsr-ext-infer --precision``, by validation/test (``val.precision``) and by the benchmarks.
+
+- :func:`resolve_precision` turns ``auto|fp32|bf16|fp16`` into a concrete precision for a device.
+  ``auto``: **bf16** on a CPU whose ``/proc/cpuinfo`` flags include ``amx_bf16`` or ``avx512_bf16`` (oneDNN runs
+  bf16 convolutions and matmuls natively there), **fp16** on CUDA (as the official TVQ&RAP test does), **fp32**
+  everywhere else. A CPU without those flags (e.g. AVX2-only AMD EPYC Zen 3) emulates bf16 with conversions and is
+  *slower* in bf16 than in fp32, so ``auto`` keeps fp32 there. fp16 on a CPU is refused with one clear line.
+- :func:`inference_autocast` is ``torch.autocast`` for bf16/fp16 and a ``nullcontext`` for fp32.
+- :func:`prefers_channels_last`, :func:`to_channels_last`, :func:`channels_last_input`: the memory-format
+  policy. With bf16 on an AMX/avx512_bf16 CPU, oneDNN convolutions on NCHW inputs reorder every activation to
+  a blocked layout and back; in NHWC (channels_last) they run directly (issue 17: 2.14x -> 3.59x over fp32 at
+  64² LR for TVQ&RAP). On CUDA, fp16/bf16 tensor-core convolutions are NHWC kernels.
+- :func:`fp32_region` switches autocast off (every device type where it is on): loss networks (VGG, LPIPS, the
+  AESOP auto-encoder) and the VQ nearest-code distances / the TVQ&RAP code argmax stay fp32 so codes do not flip.
+- :func:`warm_up` and the set-up cost of a new input shape: oneDNN creates (JIT-compiles) a primitive per
+  convolution shape, data type and layout the first time it sees it and keeps it in its primitive cache
+  (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, default 1024 primitives per process: enough for every layer of these
+  networks at a few input sizes). A folder of same-size images therefore pays the set-up once, on the first image,
+  as long as the network, its memory format and the precision stay the same objects across images (the CLI
+  builds them once); benchmarks call :func:`warm_up` to keep that cost out of their timings.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Callable, Iterable
+
+import torch
+
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+_ALIASES = {'auto': 'auto', 'fp32': 'fp32', 'float32': 'fp32', 'float': 'fp32', 'full': 'fp32',
+            'bf16': 'bf16', 'bfloat16': 'bf16', 'fp16': 'fp16', 'float16': 'fp16', 'half': 'fp16'}
+_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+#: CPU flags (``/proc/cpuinfo``) meaning the CPU computes bf16 dot products natively (oneDNN's bf16 ISA).
+BF16_CPU_FLAGS = ('amx_bf16', 'avx512_bf16')
+
+
+class PrecisionError(ValueError):
+    """An unknown precision name, or one the device cannot run (message: one line, naming the choice)."""
+
+
+@functools.lru_cache(maxsize=4)
+def cpu_flags(path: str = '/proc/cpuinfo') -> frozenset[str]:
+    """The feature flags of the first CPU in ``path`` (Linux ``/proc/cpuinfo``); empty when unreadable."""
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() in ('flags', 'Features'):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16(flags: Iterable[str] | None = None) -> bool:
+    """True when the CPU reports AMX-BF16 or AVX512-BF16 (``flags`` defaults to :func:`cpu_flags`)."""
+    flags = cpu_flags() if flags is None else set(flags)
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def cpu_description(flags: Iterable[str] | None = None) -> str:
+    """One line for benchmark tables: the CPU model and its bf16 units (or their absence)."""
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    model = ''
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    model = line.partition(':')[2].strip()
+                    break
+    except OSError:
+        pass
+    bf16 = [f for f in (*BF16_CPU_FLAGS, 'avx512_fp16') if f in flags]
+    isa = 'avx512' if 'avx512f' in flags else 'avx2' if 'avx2' in flags else 'no avx2'
+    units = f"bf16 units: {', '.join(bf16)}" if bf16 else 'no bf16 units (bf16 is emulated: slower than fp32)'
+    return f'{model or "unknown CPU"}, {isa}, {units}'
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(device)
+
+
+def resolve_precision(name: str | None, device: str | torch.device | None = None,
+                      flags: Iterable[str] | None = None) -> str:
+    """``auto|fp32|bf16|fp16`` (also ``float32``, ``bfloat16``, ``half``...; None = fp32) -> ``'fp32'``,
+    ``'bf16'`` or ``'fp16'`` for ``device`` (default: cuda when available, else cpu).
+
+    ``auto``: bf16 on a CPU with :data:`BF16_CPU_FLAGS` (``flags`` overrides ``/proc/cpuinfo``, for tests), fp16 on
+    CUDA, fp32 elsewhere. Raises :class:`PrecisionError` for an unknown name or fp16 on a CPU.
+    """
+    dev = _device(device)
+    key = _ALIASES.get(str(name).strip().lower()) if name is not None else 'fp32'
+    if key is None:
+        raise PrecisionError(f'precision {name!r}: expected one of {", ".join(PRECISIONS)}')
+    if key == 'auto':
+        if dev.type == 'cuda':
+            return 'fp16'
+        if dev.type == 'cpu' and cpu_has_bf16(flags):
+            return 'bf16'
+        return 'fp32'
+    if key == 'fp16' and dev.type == 'cpu':
+        raise PrecisionError('precision fp16 needs a CUDA device (fp16 on a CPU is slow or unsupported): '
+                             'use bf16 (fast on AMX / avx512_bf16 CPUs), fp32 or auto')
+    return key
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """``'fp32'|'bf16'|'fp16'`` (resolved) -> the torch dtype."""
+    try:
+        return _DTYPES[precision]
+    except KeyError:
+        raise PrecisionError(f'precision {precision!r}: resolve it first (one of fp32, bf16, fp16)') from None
+
+
+def inference_autocast(device: str | torch.device | None, precision: str):
+    """The context to run a network in: ``torch.autocast(device.type, dtype)`` for bf16/fp16, a
+    ``nullcontext`` for fp32. ``precision`` must be resolved (:func:`resolve_precision`)."""
+    dtype = precision_dtype(precision)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(_device(device).type, dtype=dtype)
+
+
+def fp32_region():
+    """Autocast off on every device type where it is on now (loss networks, VQ distances, code argmax);
+    a ``nullcontext`` when autocast is off. Callers cast their inputs with ``.float()``."""
+    on = [t for t in ('cpu', 'cuda') if torch.is_autocast_enabled(t)]
+    if not on:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for t in on:
+        stack.enter_context(torch.autocast(t, enabled=False))
+    return stack
+
+
+def prefers_channels_last(device: str | torch.device | None, precision: str) -> bool:
+    """The channels_last policy ("whenever it helps"; the figures are in ``scripts/bench/bench_infer.py``):
+    on for bf16/fp16 (oneDNN on AMX/avx512_bf16 CPUs and CUDA tensor cores run NHWC directly) and for fp32 on
+    CUDA; off for fp32 on a CPU, where it moves little either way (1.10x on an AMX Xeon, <= 1x on AVX2 EPYC)."""
+    dev = _device(device)
+    if precision in ('bf16', 'fp16'):
+        return True
+    return dev.type == 'cuda'
+
+
+def to_channels_last(net: torch.nn.Module) -> torch.nn.Module:
+    """The network with its 4-D parameters (convolution weights) in channels_last; in place, returned."""
+    return net.to(memory_format=torch.channels_last)
+
+
+def channels_last_input(x: torch.Tensor) -> torch.Tensor:
+    """A 4-D input as a channels_last tensor (a no-op copy-free view when it already is one)."""
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def warm_up(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, passes: int = 1) -> None:
+    """Run ``fn`` ``passes`` times on ``x`` (in the caller's precision context, under no_grad) and drop the
+    results: the one-time costs of a new input shape (oneDNN primitive creation, CUDA kernel selection) are
+    paid here, not in a timed call. The CLI does not call it: there the first image of a size is the warm-up
+    and every later image of that size reuses the cached primitives."""
+    with torch.no_grad():
+        for _ in range(int(passes)):
+            fn(x)
+    if x.device.type == 'cuda':
+        torch.cuda.synchronize(x.device)
