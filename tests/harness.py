@@ -18,6 +18,17 @@ TRAIN = os.path.join(ROOT, 'basicsr_ext', 'train.py')
 TEST = os.path.join(ROOT, 'basicsr_ext', 'test.py')
 
 
+def load_script(relpath: str):
+    """Import ``scripts/<relpath>.py`` (e.g. ``'eval/benchmark'``) as a module, without touching sys.path."""
+    import importlib.util
+    name = 'script_' + relpath.replace('/', '_')
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{relpath}.py'))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_paired_folders(root: str, n: int = 4, size: int = 64, scale: int = 4) -> dict[str, str]:
     """n GT crops (size x size) from bundled photos + bicubic x4 LR (BasicSR's MATLAB imresize)."""
     import skimage.data as sd

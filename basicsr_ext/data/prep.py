@@ -1,6 +1,6 @@
 """Dataset preparation: BasicSR's recipes (sub-images, bicubic LR, meta-info, LMDB) as importable functions.
 
-``scripts/prepare_data.py`` is the command line; tests and ``scripts/quickstart.py`` call these functions.
+``scripts/data/prepare_data.py`` is the command line; tests and ``scripts/quickstart.py`` call these functions.
 
 - :func:`extract_subimages`: BasicSR's DIV2K recipe (``crop_size`` 480, ``step`` 240, ``thresh_size`` 0 for HR;
   an LR folder at scale ``s`` uses ``crop_size/s``, ``step/s``, ``thresh_size/s`` and drops a trailing ``x{s}``

@@ -91,7 +91,7 @@ class AESOPLoss(nn.Module):
 
         AE(HR) runs without a graph (no_grad); AE(SR) with autograd. Both in fp32 (autocast disabled here).
         Two passes rather than one batched pass: the batched pass would backpropagate through the HR half too
-        (scripts/bench_aesop.py measures the step).
+        (scripts/bench/bench_aesop.py measures the step).
         """
         with torch.autocast(sr.device.type, enabled=False):
             with torch.no_grad():

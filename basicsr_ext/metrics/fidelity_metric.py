@@ -90,7 +90,7 @@ def calculate_lr_psnr(img: np.ndarray, img2: np.ndarray | None = None, img_lq: n
 
     Where the LR comes from:
     - ``img_lq``: our models' validation (``basicsr_ext.models.engine``) passes the LR input of the batch to
-      every metric that declares ``needs_lq`` (this one); ``scripts/benchmark.py --lq`` passes the LR file.
+      every metric that declares ``needs_lq`` (this one); ``scripts/eval/benchmark.py --lq`` passes the LR file.
     - otherwise the LR is rebuilt from the GT (``img2``) with the same bicubic: identical to the LR of the
       bicubic benchmark sets, *not* valid for real-world degradations.
 

@@ -22,7 +22,7 @@ are ours.
   and the folder to put it in (pyiqa's own files: ``torch.hub.get_dir()/pyiqa``; torchvision backbones:
   ``torch.hub.get_dir()/checkpoints``; Hugging Face files: the HF hub cache), instead of a stack of retries.
   ``BASICSR_EXT_OFFLINE=1`` (or ``offline: true``) also sets ``HF_HUB_OFFLINE`` so the hub does not retry.
-- FID is dataset-level (folder to folder): :func:`calculate_fid_folders`, used by ``scripts/benchmark.py``.
+- FID is dataset-level (folder to folder): :func:`calculate_fid_folders`, used by ``scripts/eval/benchmark.py``.
 """
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def calculate_pyiqa(img: Any, img2: Any = None, metric: str | None = None, crop_
     info = pyiqa_metric_info(metric)
     if 'fid' in metric or metric == 'inception_score':
         raise MetricUnavailableError(f'{metric} is a dataset-level metric (folder vs folder): use '
-                                     'scripts/benchmark.py --metrics fid, not a per-image val.metrics entry')
+                                     'scripts/eval/benchmark.py --metrics fid, not a per-image val.metrics entry')
     model = get_pyiqa_metric(metric, device=device, **kwargs)
     dev = getattr(model, 'device', None) or torch.device('cpu')
     x = to_rgb_tensor(img, crop_border, input_order).to(dev)

@@ -10,7 +10,7 @@ Figures (8-bit images, ``crop_border`` pixels off each side, as BasicSR's metric
 
 The sheet (:func:`make_sheet`): the same crop of the GT, bicubic and each method, nearest-neighbour zoomed to
 ``panel`` pixels wide, each labelled under it; the PNG size is exact (:func:`sheet_size`) and written atomically.
-Used by ``scripts/comparison_sheet.py`` and ``scripts/quickstart.py``.
+Used by ``scripts/eval/comparison_sheet.py`` and ``scripts/quickstart.py``.
 """
 from __future__ import annotations
 

@@ -169,11 +169,8 @@ def test_existing_lmdb_refused_then_overwritten_atomically(tmp_path, hr_folder, 
 
 
 def test_cli_exit_codes_and_table(tmp_path, hr_folder, capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'prepare_data', osp.join(osp.dirname(osp.dirname(osp.dirname(__file__))), 'scripts', 'prepare_data.py'))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from tests.harness import load_script
+    cli = load_script('data/prepare_data')
     assert cli.main(['extract-subimages', hr_folder, str(tmp_path / 'sub'), '--crop-size', '64', '--step', '64',
                      '--quiet']) == 0
     assert '| sub-images |' in capsys.readouterr().out

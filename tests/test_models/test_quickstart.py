@@ -8,7 +8,6 @@ initialisation on the held-out photos (the option has ``ema_decay: 0``, so ``par
 what BasicSR validates; with an EMA the test would have to read ``params_ema``).
 """
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.harness import ROOT, TRAIN, env
+from tests.harness import ROOT, TRAIN, env, load_script
 
 OPTION = osp.join(ROOT, 'options', 'quickstart', 'rrdb_l1.yml')
 NAME = 'quickstart_rrdb_l1'
@@ -32,11 +31,7 @@ FORCE = ['--force_yml', 'train:total_iter=40', 'val:val_freq=20', 'logger:save_c
 
 
 def _quickstart_module():
-    spec = importlib.util.spec_from_file_location('quickstart_script', osp.join(ROOT, 'scripts', 'quickstart.py'))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules['quickstart_script'] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('quickstart')
 
 
 @pytest.fixture(scope='module')

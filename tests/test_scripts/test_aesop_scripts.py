@@ -1,11 +1,8 @@
-"""scripts/aesop_demo.py and scripts/bench_aesop.py run end to end (tiny settings) and print their tables."""
-import importlib.util
-import os
-
+"""scripts/paper/aesop_demo.py and scripts/bench/bench_aesop.py run end to end (tiny settings) and print their tables."""
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.harness import load_script
 
 
 @pytest.fixture(autouse=True)
@@ -16,10 +13,7 @@ def _keep_threads():
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script({'aesop_demo': 'paper/aesop_demo', 'bench_aesop': 'bench/bench_aesop'}[name])
 
 
 def test_null_space_texture_leaves_the_bicubic_lr_unchanged():

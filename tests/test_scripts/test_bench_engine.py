@@ -1,15 +1,13 @@
 """bf16 autocast + channels_last training steps run on CPU through the benchmark's code path, and the loss
 networks stay fp32."""
 import os
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+from tests.harness import ROOT, load_script
 
-import bench_engine  # noqa: E402
+bench_engine = load_script('bench/bench_engine')
 
 
 @pytest.mark.parametrize('option', ['aesop_autoencoder.yml', 'tvqrap_stage2.yml'])

@@ -1,6 +1,5 @@
-"""scripts/benchmark.py: generated folders -> the expected table; missing/corrupt images reported, not fatal."""
+"""scripts/eval/benchmark.py: generated folders -> the expected table; missing/corrupt images reported, not fatal."""
 import csv
-import importlib.util
 import json
 import os
 import urllib.error
@@ -13,19 +12,12 @@ from skimage import data
 
 from basicsr_ext.metrics.fidelity_metric import bicubic_downscale_uint8
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.harness import load_script
 
 
 @pytest.fixture(scope='module')
 def bench():
-    return _load_script('benchmark')
+    return load_script('eval/benchmark')
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """Perception-distortion plot and comparison sheet: valid PNGs of the expected size, atomic, errors exit 2."""
-import importlib.util
 import json
 import os
 
@@ -8,14 +7,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.harness import load_script
 
 
 def _png(path):
@@ -39,7 +31,7 @@ def _bench_json(path):
 
 
 def test_perception_distortion_plot(tmp_path, capsys):
-    mod = _load_script('plot_perception_distortion')
+    mod = load_script('eval/plot_perception_distortion')
     _bench_json(tmp_path / 'b.json')
     out = tmp_path / 'plots' / 'pd.png'
     assert mod.main(['--json', str(tmp_path / 'b.json'), '--out', str(out), '--width', '7', '--height', '3',
@@ -54,7 +46,7 @@ def test_perception_distortion_plot(tmp_path, capsys):
 
 
 def test_comparison_sheet(tmp_path, capsys):
-    mod = _load_script('comparison_sheet')
+    mod = load_script('eval/comparison_sheet')
     gt = data.astronaut()[:96, :128][..., ::-1]
     for d in ('gt', 'lq', 'ours'):
         (tmp_path / d).mkdir()
@@ -84,7 +76,7 @@ def test_comparison_sheet(tmp_path, capsys):
 
 @pytest.mark.parametrize('overview', [True])
 def test_sheet_overview_panel(tmp_path, overview):
-    mod = _load_script('comparison_sheet')
+    mod = load_script('eval/comparison_sheet')
     cv2.imwrite(str(tmp_path / 'g.png'), data.astronaut()[:64, :64][..., ::-1])
     out = tmp_path / 's.png'
     assert mod.main(['--gt', str(tmp_path / 'g.png'), '--no-bicubic', '--overview', '--panel', '64',

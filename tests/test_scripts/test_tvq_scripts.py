@@ -1,17 +1,12 @@
 """TVQ&RAP demonstration scripts run end to end at toy sizes (Fig. 1c, RAP ablation, cost benchmark)."""
-import importlib.util
-import os
-
 import pytest
 
-from tests.harness import ROOT
+from tests.harness import load_script
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    group = 'bench' if name.startswith('bench') else 'paper'
+    return load_script(f'{group}/{name}')
 
 
 def test_fig1c_prints_a_row_per_size_and_method_and_writes_the_plot(tmp_path, capsys):

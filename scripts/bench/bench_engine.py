@@ -5,8 +5,8 @@
 2. Data-loader throughput of BasicSR's PairedImageDataset on the same sub-images from LMDB vs folder,
    compared with the model's step rate.
 
-    python scripts/bench_engine.py --options options/quickstart/aesop_rrdb.yml options/quickstart/tvqrap_rap.yml
-    python scripts/bench_engine.py --data quickstart_out/datasets --steps 10
+    python scripts/bench/bench_engine.py --options options/quickstart/aesop_rrdb.yml options/quickstart/tvqrap_rap.yml
+    python scripts/bench/bench_engine.py --data quickstart_out/datasets --steps 10
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import basicsr_ext  # noqa: E402,F401
 import torch  # noqa: E402

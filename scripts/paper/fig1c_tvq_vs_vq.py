@@ -17,7 +17,7 @@ codes: TVQ 17.20 dB vs VQ 17.36 dB, TVQ using 53% of the codes vs 20%. The scrip
 protocol and codebook usage; reproducing Fig. 1c needs the paper-scale runs (train_tvq_tokenizer.yml vs
 train_vq_tokenizer_baseline.yml).
 
-    python scripts/fig1c_tvq_vs_vq.py [--iters 200] [--sizes 64 256 1024] [--out fig1c.png] [--threads 2]
+    python scripts/paper/fig1c_tvq_vs_vq.py [--iters 200] [--sizes 64 256 1024] [--out fig1c.png] [--threads 2]
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ import tempfile
 import time
 from collections.abc import Callable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))  # quickstart.load_photo (moves to a shared helper next)
 
 import basicsr_ext  # noqa: E402,F401  (compat first)
 import numpy as np  # noqa: E402

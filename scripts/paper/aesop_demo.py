@@ -12,7 +12,7 @@ reconstruction against the bicubic LR), then perturbs a held-out HR crop in four
 and prints pixel L1, L_AESOP (``AESOPLoss`` built from the trained checkpoint) and their ratio. Expected: the
 null-space texture costs far less in L_AESOP than in L1; the colour shift and the blur cost both.
 
-    python scripts/aesop_demo.py [--steps 400] [--threads 2]
+    python scripts/paper/aesop_demo.py [--steps 400] [--threads 2]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import basicsr_ext  # noqa: E402,F401  (compat first)
 import numpy as np  # noqa: E402

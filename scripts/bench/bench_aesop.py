@@ -6,8 +6,8 @@ so they differ only in ``aesop_opt`` (1 * L_AESOP: two AE passes, one backpropag
 load hits both alike. The AE weights are random (timing only); with ``--perceptual`` the VGG19 weights are
 random too (no download).
 
-    python scripts/bench_aesop.py                       # reduced widths, CPU
-    python scripts/bench_aesop.py --size paper --device cuda --batch 16 --perceptual
+    python scripts/bench/bench_aesop.py                       # reduced widths, CPU
+    python scripts/bench/bench_aesop.py --size paper --device cuda --batch 16 --perceptual
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import basicsr_ext  # noqa: E402,F401  (compat first)
 import torch  # noqa: E402
@@ -28,7 +28,7 @@ from basicsr.models import build_model  # noqa: E402
 from basicsr_ext.utils.checkpoint import atomic_save  # noqa: E402
 from basicsr_ext.utils.options import load_option_file  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REDUCED = {
     'RRDBNet': {'num_feat': 32, 'num_block': 4, 'num_grow_ch': 16},
     'SwinIR': {'embed_dim': 60, 'depths': [2, 2], 'num_heads': [6, 6]},

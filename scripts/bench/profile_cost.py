@@ -1,8 +1,8 @@
 """Cost of a network from an option file: parameters, MACs, latency, peak memory, as a Markdown table.
 
-    python scripts/profile_cost.py -opt options/train_aesop_rrdb.yml --lr-size 64 256
-    python scripts/profile_cost.py -opt a.yml b.yml --lr-size 128 --device cuda --dtype bf16 --repeats 20
-    python scripts/profile_cost.py --arch RRDBNet --arch-opt num_in_ch=3 num_out_ch=3 --lr-size 64
+    python scripts/bench/profile_cost.py -opt options/train_aesop_rrdb.yml --lr-size 64 256
+    python scripts/bench/profile_cost.py -opt a.yml b.yml --lr-size 128 --device cuda --dtype bf16 --repeats 20
+    python scripts/bench/profile_cost.py --arch RRDBNet --arch-opt num_in_ch=3 num_out_ch=3 --lr-size 64
 
 MACs come from torch.utils.flop_counter (FLOPs / 2); see basicsr_ext.utils.profiler for what is counted.
 """
@@ -12,7 +12,7 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import basicsr_ext  # noqa: E402,F401
 import torch  # noqa: E402

@@ -1,13 +1,13 @@
 """Prepare SR datasets the BasicSR way: sub-images, bicubic LR, meta-info files, LMDBs, one-shot recipes.
 
-    python scripts/prepare_data.py extract-subimages DIV2K_train_HR datasets/DIV2K/HR_sub
-    python scripts/prepare_data.py extract-subimages DIV2K_train_LR_bicubic/X4 datasets/DIV2K/LRx4_sub --scale 4
-    python scripts/prepare_data.py bicubic HR/ LRx4/ --scale 4 [--mod 12] [--hr-out HR_mod12/]
-    python scripts/prepare_data.py meta-info HR_sub/ meta_info.txt [--lq LRx4_sub/ --scale 4] [--format pairs]
-    python scripts/prepare_data.py lmdb HR_sub/ [--lq LRx4_sub/ --scale 4] [--overwrite]
-    python scripts/prepare_data.py prepare --recipe div2k --hr DIV2K_train_HR --out datasets/DIV2K --lmdb
-    python scripts/prepare_data.py prepare --recipe df2k --hr DIV2K_train_HR Flickr2K_HR --out datasets/DF2K
-    python scripts/prepare_data.py prepare --recipe imagenet --hr ILSVRC/train --out datasets/ImageNet
+    python scripts/data/prepare_data.py extract-subimages DIV2K_train_HR datasets/DIV2K/HR_sub
+    python scripts/data/prepare_data.py extract-subimages DIV2K_train_LR_bicubic/X4 datasets/DIV2K/LRx4_sub --scale 4
+    python scripts/data/prepare_data.py bicubic HR/ LRx4/ --scale 4 [--mod 12] [--hr-out HR_mod12/]
+    python scripts/data/prepare_data.py meta-info HR_sub/ meta_info.txt [--lq LRx4_sub/ --scale 4] [--format pairs]
+    python scripts/data/prepare_data.py lmdb HR_sub/ [--lq LRx4_sub/ --scale 4] [--overwrite]
+    python scripts/data/prepare_data.py prepare --recipe div2k --hr DIV2K_train_HR --out datasets/DIV2K --lmdb
+    python scripts/data/prepare_data.py prepare --recipe df2k --hr DIV2K_train_HR Flickr2K_HR --out datasets/DF2K
+    python scripts/data/prepare_data.py prepare --recipe imagenet --hr ILSVRC/train --out datasets/ImageNet
 
 Every error (missing/empty folder, GT/LQ mismatch, unreadable image, existing output) exits with status 1 and
 a message naming the file or folder. Outputs are built in a temporary folder and renamed at the end. The
@@ -21,7 +21,7 @@ import sys
 import time
 
 if __package__ in (None, ''):
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import basicsr_ext  # noqa: E402,F401  (compat first)
 from basicsr_ext.data import prep  # noqa: E402

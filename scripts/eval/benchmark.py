@@ -1,13 +1,13 @@
 """Benchmark result folders against ground truth in the papers' protocols; Markdown table, CSV and JSON.
 
-    python scripts/benchmark.py \
+    python scripts/eval/benchmark.py \
         --dataset Set5 datasets/Set5/GTmod12 datasets/Set5/LRbicx4 \
         --dataset Set14 datasets/Set14/GTmod12 \
         --method AESOP 'results/test_aesop_rrdb/visualization/{dataset}' \
         --method BasicSR-ESRGAN 'results/ESRGAN_x4/visualization/{dataset}' \
         --method Bicubic @bicubic \
         --metrics psnr ssim lpips dists lr_psnr fid --out benchmark_out
-    python scripts/benchmark.py --config bench.yml          # same keys as below, read with the safe loader
+    python scripts/eval/benchmark.py --config bench.yml          # same keys as below, read with the safe loader
 
 Config file (YAML): ``datasets: {NAME: {gt: DIR, lq: DIR}}``, ``methods: {NAME: DIR_PATTERN}``, ``metrics: [...]``,
 ``crop_border``, ``scale``, ``out``, ``device``, ``ae_weights``; command-line datasets/methods are added.
@@ -43,7 +43,7 @@ import tempfile
 from collections import OrderedDict
 from typing import Any, Callable
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import basicsr_ext  # noqa: E402,F401
 import numpy as np  # noqa: E402

@@ -11,7 +11,7 @@ LPIPS (loss of branch (b) and metric) is used only when its pretrained weights a
 is MSE + GAN. The paper's finding: RAP lowers index accuracy (6.8% -> 4.4%) while every perceptual metric
 improves; at this scale expect the accuracy/quality trade-off, not the paper's numbers.
 
-    python scripts/rap_ablation.py [--tok-iters 300] [--stage2-iters 300] [--iters 150] [--threads 2]
+    python scripts/paper/rap_ablation.py [--tok-iters 300] [--stage2-iters 300] [--iters 150] [--threads 2]
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Side-by-side zoomed crops: the same region of the GT, bicubic and each method, labelled, as one PNG.
 
-    python scripts/comparison_sheet.py --gt datasets/Set14/GTmod12 --lq datasets/Set14/LRbicx4 --image baboon \
+    python scripts/eval/comparison_sheet.py --gt datasets/Set14/GTmod12 --lq datasets/Set14/LRbicx4 --image baboon \
         --method AESOP 'results/test_aesop_rrdb/visualization/Set14' --method LDL results/ldl/Set14 \
         --crop 120 200 96 96 --out baboon_sheet.png
-    python scripts/comparison_sheet.py --gt gt.png --method ours out/gt_out.png --out sheet.png   # single files
+    python scripts/eval/comparison_sheet.py --gt gt.png --method ours out/gt_out.png --out sheet.png   # single files
 
 - ``--gt`` / ``--lq`` / each ``--method`` path is a file, or a folder in which ``--image`` is found by stem
   (BasicSR's ``<stem>_<suffix>`` names are matched).
@@ -20,7 +20,7 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import basicsr_ext  # noqa: E402,F401
 from basicsr_ext.utils.comparison import (GAP_PX, LABEL_PX, bicubic_like_gt, default_crop, fit_to,  # noqa: E402,F401

@@ -8,7 +8,7 @@ structure path and decoder: ~53.8M; the paper's 57M also counts the tokenizer's 
 On CUDA the networks are also timed under fp16 and bf16 autocast (the official inference runs fp16 autocast;
 the paper reports 38 ms at 64x64 on an RTX 3090).
 
-    python scripts/bench_tvqrap_cost.py [--sizes 64 256] [--device cpu|cuda] [--repeats 3] [--threads 2]
+    python scripts/bench/bench_tvqrap_cost.py [--sizes 64 256] [--device cpu|cuda] [--repeats 3] [--threads 2]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 import basicsr_ext  # noqa: E402,F401  (compat first)

@@ -1,8 +1,8 @@
 """Perception-distortion plot from a benchmark JSON: one labelled point per method, any two metrics.
 
-    python scripts/benchmark.py ... --metrics psnr lpips --out bench
-    python scripts/plot_perception_distortion.py --json bench.json --x psnr --y lpips --out pd.png
-    python scripts/plot_perception_distortion.py --json bench.json --x psnr --y dists --dataset Set14 --dpi 150
+    python scripts/eval/benchmark.py ... --metrics psnr lpips --out bench
+    python scripts/eval/plot_perception_distortion.py --json bench.json --x psnr --y lpips --out pd.png
+    python scripts/eval/plot_perception_distortion.py --json bench.json --x psnr --y dists --dataset Set14 --dpi 150
 
 One panel per dataset (or only ``--dataset``); the axis labels say which direction is better (from the JSON).
 The PNG is exactly ``--width x --height`` inches at ``--dpi`` and written atomically. Prints the plotted points
@@ -15,7 +15,7 @@ import json
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import basicsr_ext  # noqa: E402,F401
 import matplotlib  # noqa: E402
@@ -66,7 +66,7 @@ def plot(points: dict[str, list[tuple]], x: str, y: str, better: dict, out: str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--json', required=True, help='benchmark JSON (scripts/benchmark.py --out)')
+    p.add_argument('--json', required=True, help='benchmark JSON (scripts/eval/benchmark.py --out)')
     p.add_argument('--x', default='psnr', help='metric on the x axis (default psnr)')
     p.add_argument('--y', default='lpips', help='metric on the y axis (default lpips)')
     p.add_argument('--dataset', nargs='*', default=None, help='only these datasets (default: all, one panel each)')
