@@ -45,6 +45,9 @@ class AESOPAutoEncoder(nn.Module):
         num_in_ch: image channels (3).
     """
 
+    #: H and W must be multiples of 4 (two PixelUnshuffle(2)); validation and inference pad to it
+    size_multiple = 4
+
     def __init__(self, dec_opt: Mapping[str, Any] | None = None, enc_opt: Mapping[str, Any] | None = None,
                  num_feat: int = 64, num_block: int = 2, num_grow_ch: int = 32, num_in_ch: int = 3) -> None:
         super().__init__()

@@ -20,6 +20,9 @@ class TVQPatchGANDiscriminator(nn.Module):
     Init: conv weights N(0, 0.02), BatchNorm weights N(1, 0.02) and bias 0 (VQGAN convention).
     """
 
+    #: any input size works (strided convolutions, no windows)
+    size_multiple = 1
+
     def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 2) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(input_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
+from torch.nn import functional as F
 from basicsr.losses import build_loss
 from basicsr.metrics.psnr_ssim import calculate_psnr
 from basicsr.models.sr_model import SRModel
@@ -21,7 +22,7 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from basicsr_ext.models.engine import ConfigError, EngineMixin
-from basicsr_ext.utils.tiling import crop_to, pad_to_multiple
+from basicsr_ext.utils.tiling import crop_to
 
 _LR_KEYS = ('pixel_at_lr_opt', 'pixel_at_LR_opt')
 
@@ -118,17 +119,15 @@ class AESOPAutoEncoderModel(EngineMixin, SRModel):
         self.finish_iteration(loss_dict)
 
     # ---- validation ------------------------------------------------------------------------------------------
-    def test(self) -> None:
-        """Reconstruct ``gt`` (padded to a multiple of 4, cropped back) with the EMA AE if there is one."""
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
-        was_training = net.training
-        net.eval()
-        x, (h, w) = pad_to_multiple(self.to_memory_format(self.gt), 4)
-        with torch.no_grad(), self.autocast():
-            output, bottleneck = net(x, return_bottleneck=True)
-        self.output = crop_to(output.float(), h, w)
-        self.bottleneck = crop_to(bottleneck.float(), -(-h // 4), -(-w // 4))
-        net.train(was_training)
+    TEST_INPUT, TEST_SCALE = 'gt', 1  # the engine's test() reconstructs gt
+
+    def net_forward(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction + the bottleneck as 3 more channels (nearest x4), so that tiles blend both alike."""
+        output, bottleneck = net(x, return_bottleneck=True)
+        return torch.cat([output, F.interpolate(bottleneck, scale_factor=4, mode='nearest')], dim=1)
+
+    def set_test_output(self, out: torch.Tensor) -> None:
+        self.output, self.bottleneck = out[:, :3], out[:, 3:, ::4, ::4]  # bottleneck: ceil(H/4) x ceil(W/4)
 
     def get_current_visuals(self) -> OrderedDict:
         out = OrderedDict(result=self.output.detach().cpu(), gt=self.gt.detach().cpu(),

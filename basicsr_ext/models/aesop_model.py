@@ -8,7 +8,7 @@ BasicSR's Real-ESRGAN on-the-fly degradation, L_G = L_AESOP (plain GT) + L_VGG19
 (plain GT) with ``UNetDiscriminatorSN``.
 
 Precision: the generator and the discriminator run under ``train.use_amp`` autocast; the AESOP AE and VGG run
-in fp32. Validation pads the LR input to ``network_g.window_size`` (SwinIR) and crops the output back.
+in fp32. Validation: the engine's test() (padded to the arch's multiple, e.g. SwinIR's window; optional tiles).
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from basicsr.utils import DiffJPEG, USMSharp
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from basicsr_ext.models.engine import ConfigError, EngineMixin
-from basicsr_ext.utils.tiling import crop_to, pad_to_multiple
 
 #: the LDL artifact map's local window (LDL and AESOP use 7)
 ARTIFACT_KSIZE = 7
@@ -183,20 +182,6 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
         self.optimizer_d.zero_grad(set_to_none=True)
         self.discriminator_step(targets['gan'], loss_dict, current_iter)
         self.finish_iteration(loss_dict)
-
-    # ---- inference -----------------------------------------------------------------------------------------
-    def test(self) -> None:
-        """EMA generator (if any) on the LR input padded to ``network_g.window_size``; output cropped back."""
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
-        was_training = net.training
-        net.eval()
-        multiple = int(self.opt['network_g'].get('window_size', 1) or 1)
-        lq, (h, w) = pad_to_multiple(self.to_memory_format(self.lq), multiple)
-        with torch.no_grad(), self.autocast():
-            out = net(lq)
-        scale = int(self.opt.get('scale', 4))
-        self.output = crop_to(out.float(), h * scale, w * scale)
-        net.train(was_training)
 
 
 class ContiguousDiffJPEG(DiffJPEG):

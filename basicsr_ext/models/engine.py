@@ -37,6 +37,8 @@ from basicsr_ext.utils.checkpoint import (CheckpointError, atomic_save, load_net
                                           save_network)
 from basicsr_ext.utils.training_state import resume_training, save_training_state
 from basicsr_ext.utils.image_io import write_image_atomic
+from basicsr_ext.utils.precision import fp32_region, inference_autocast, resolve_precision
+from basicsr_ext.utils.tiling import arch_multiple, tiled_forward
 
 ENGINE_TRAIN_KEYS = ('use_amp', 'amp_dtype', 'channels_last', 'compile', 'grad_clip')
 #: ``train:`` keys that BasicSR's loop and base models read
@@ -128,12 +130,8 @@ class EngineMixin:
         return torch.autocast(self.device.type, dtype=getattr(self, 'amp_dtype', torch.bfloat16),
                               enabled=getattr(self, 'use_amp', False))
 
-    @staticmethod
-    def fp32():
-        """Run loss networks (VGG, LPIPS, the AESOP AE) and VQ distances in fp32 even inside autocast."""
-        if torch.is_autocast_enabled('cpu') or (torch.cuda.is_available() and torch.is_autocast_enabled('cuda')):
-            return torch.autocast('cuda' if torch.cuda.is_available() else 'cpu', enabled=False)
-        return contextlib.nullcontext()
+    #: loss networks (VGG, LPIPS, the AESOP AE) and VQ distances run in fp32 even inside autocast
+    fp32 = staticmethod(fp32_region)
 
     def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
         scaler = getattr(self, 'grad_scaler', None)
@@ -198,6 +196,41 @@ class EngineMixin:
 
     def load_extra_training_state(self, extra: Mapping) -> None:
         """Counterpart of :meth:`extra_training_state`."""
+
+    # ---- the one test path -------------------------------------------------------------------------------------
+    #: what :meth:`test` feeds the network (auto-encoders: ``gt``) and its scale (None: the option ``scale``)
+    TEST_INPUT, TEST_SCALE = 'lq', None
+
+    def test(self) -> None:
+        """EMA generator if any; input padded to :func:`arch_multiple`, tiles of ``val.tile_size`` (overlap
+        ``val.tile_overlap``, default 80) when set, output cropped back to ``scale x`` the input."""
+        val_opt = self.opt.get('val') or {}
+        net = self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
+        was_training = net.training
+        net.eval()
+        scale = self.TEST_SCALE or int(self.opt.get('scale', 1))
+        with torch.no_grad(), self._inference_context():
+            out = tiled_forward(lambda x: self.net_forward(net, self.to_memory_format(x)), getattr(self, self.TEST_INPUT),
+                                scale, int(val_opt.get('tile_size', 0) or 0), int(val_opt.get('tile_overlap', 80)),
+                                arch_multiple(net))
+        self.set_test_output(out.float())
+        net.train(was_training)
+
+    def net_forward(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The network on one padded input: the whole image, or one tile (override to record more)."""
+        return net(x)
+
+    def set_test_output(self, out: torch.Tensor) -> None:
+        """Keep the cropped, blended result of :meth:`net_forward` (override to unpack more)."""
+        self.output = out
+
+    def _inference_context(self):
+        """The one precision switch of :meth:`test`: ``val.precision`` (auto|fp32|bf16|fp16, resolved by
+        ``basicsr_ext.utils.precision``); without it, as training (``train.use_amp`` autocast)."""
+        name = (self.opt.get('val') or {}).get('precision')
+        if name is None:
+            return self.autocast()
+        return inference_autocast(self.device, resolve_precision(name, self.device))
 
     # ---- validation ------------------------------------------------------------------------------------------
     def validation(self, dataloader, current_iter, tb_logger, save_img=False):

@@ -30,16 +30,6 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from basicsr_ext.losses.vq_loss import adaptive_gan_weight
 from basicsr_ext.models.engine import ConfigError, EngineMixin
-from basicsr_ext.utils.tiling import crop_to, pad_to_multiple
-
-
-def size_multiple(net: torch.nn.Module, default: int) -> int:
-    """The input-size multiple an arch declares (``size_multiple`` / ``input_multiple``), else ``default``."""
-    for name in ('size_multiple', 'input_multiple', 'multiple'):
-        value = getattr(net, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return default
 
 
 def codebook_weight(net: torch.nn.Module) -> torch.Tensor:
@@ -180,8 +170,8 @@ class TVQTokenizerModel(VQGANTrainingMixin, EngineMixin, SRModel):
     """Stage I: GT-only training of ``TVQTokenizer`` (or the vanilla-VQ baseline, ``structure: false``).
 
     Data: ``{'gt'}`` in [0, 1] (e.g. ``GTOnlyDataset``); X↓8 for the auxiliary AE is the 8x area average of the
-    GT (= cv2 INTER_AREA for an integer factor). Validation: reconstruction of the GT (padded to the tokenizer's
-    multiple, cropped back) scored by ``val.metrics``, plus codebook usage over the whole validation set
+    GT (= cv2 INTER_AREA for an integer factor). Validation: reconstruction of the GT (the engine's test(): padded
+    to the tokenizer's multiple, cropped back) scored by ``val.metrics``, plus codebook usage over the whole validation set
     (``codebook_perplexity`` = exp(entropy of code frequencies), ``codebook_usage`` = fraction of codes used).
     """
 
@@ -288,23 +278,18 @@ class TVQTokenizerModel(VQGANTrainingMixin, EngineMixin, SRModel):
         if 'train_code_counts' in extra and extra['train_code_counts'].shape == self.train_code_counts.shape:
             self.train_code_counts.copy_(extra['train_code_counts'].to(self.train_code_counts))
 
-    # ---- validation ----------------------------------------------------------------------------------------
-    def test(self) -> None:
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
-        was_training = net.training
-        net.eval()
-        bare = self.get_bare_model(net)
-        multiple = size_multiple(bare, 128)
-        gt, (h, w) = pad_to_multiple(self.gt, multiple)
-        with torch.no_grad(), self.autocast():
-            out = net(self.to_memory_format(gt), bare.downscale8(gt))
-        self.output = crop_to(out['reconstruction'].float().clamp(0, 1), h, w)
-        indices = out['indices'][:, :math.ceil(h / 8), :math.ceil(w / 8)]
+    # ---- validation ------------------------------------------------------------------------------------------
+    TEST_INPUT, TEST_SCALE = 'gt', 1  # the engine's test() reconstructs gt
+
+    def net_forward(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction in [0, 1]; the codes of the image (of each tile when tiled) are counted for codebook usage."""
+        out = net(x, net.downscale8(x))
         if getattr(self, 'val_code_counts', None) is not None:
+            h, w = self.gt.shape[-2:]  # the codes of the padding are not counted
+            indices = out['indices'][:, :math.ceil(h / 8), :math.ceil(w / 8)]
             self.val_code_counts += torch.bincount(indices.flatten(), minlength=self.val_code_counts.numel()).to(
                 self.val_code_counts)
-        if was_training:
-            net.train()
+        return out['reconstruction'].clamp(0, 1)
 
     def get_current_visuals(self) -> OrderedDict:
         out = OrderedDict(result=self.output.detach().cpu())

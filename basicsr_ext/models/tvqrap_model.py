@@ -23,7 +23,7 @@ Options beyond BasicSR's:
                                 (224 stage II, 184 stage III), ``gt_size`` (crop after degradation; optional).
                                 Used when a batch has no ``lq`` (``GTOnlyDataset`` with ``return_kernels``);
                                 with paired data (``lq`` in the batch) the LR is used as is.
-    val.tile_size / val.tile_overlap   tiled inference on the LR (0 = off; official 768 / 80)
+    val.tile_size / val.tile_overlap   tiled test on the LR (the engine's, every model; official 768 / 80)
     datasets.<val set>.val_metrics      names of ``val.metrics`` to compute on that set (e.g. NR metrics only)
 
 Validation: PSNR/SSIM etc. from ``val.metrics`` and, when ``net_tok`` exists and the GT is known, ``index_acc``
@@ -47,8 +47,8 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from basicsr_ext.data.realesrgan_degradation import RealESRGANDegradation, TrainingPairQueue
 from basicsr_ext.models.engine import ConfigError, EngineMixin
-from basicsr_ext.models.tvq_model import VQGANTrainingMixin, codebook_weight, size_multiple
-from basicsr_ext.utils.tiling import crop_to, pad_to_multiple, tiled_forward
+from basicsr_ext.models.tvq_model import VQGANTrainingMixin, codebook_weight
+from basicsr_ext.utils.tiling import arch_multiple, pad_to_multiple
 
 STAGES = ('code', 'rap')
 
@@ -260,40 +260,21 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
         self.log_dict = self.reduce_loss_dict(loss_dict)
 
     # ---- inference / validation --------------------------------------------------------------------------
-    def _sr_multiple(self, net: torch.nn.Module) -> int:
-        return size_multiple(self.get_bare_model(net), 32)
-
-    def test(self) -> None:
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
-        was_training = net.training
-        net.eval()
-        bare = self.get_bare_model(net)
-        val_opt = self.opt.get('val') or {}
-        tile, overlap = int(val_opt.get('tile_size', 0) or 0), int(val_opt.get('tile_overlap', 80))
-        scale = int(self.opt.get('scale', 4))
-        h, w = self.lq.shape[-2:]
-        tiled = tile > 0 and (h > tile or w > tile)
-        want_acc = (self.net_tok is not None and getattr(self, 'gt', None) is not None and not tiled
-                    and getattr(self, 'val_index_hits', None) is not None)
-        with torch.no_grad(), self.autocast():
-            if not want_acc:
-                sr = tiled_forward(lambda x: bare(self.to_memory_format(x)), self.lq, scale, tile, overlap,
-                                   self._sr_multiple(net))
-            else:
-                multiple = math.lcm(getattr(bare, 'pad_multiple', None) or self._sr_multiple(net),
-                                    max(1, size_multiple(self.net_tok, 128) // scale))
-                lq, _ = pad_to_multiple(self.lq, multiple)
-                out = bare.forward_ste(self.to_memory_format(lq))
-                sr = crop_to(out['sr01'], h * scale, w * scale)
-                gt, _ = pad_to_multiple(self.gt, multiple * scale)
-                idx_gt = self.tokenizer_targets(gt)['indices']
-                hv, wv = math.ceil(h * scale / 8), math.ceil(w * scale / 8)
-                hits = (out['indices'].reshape(idx_gt.shape)[:, :hv, :wv] == idx_gt[:, :hv, :wv])
-                self.val_index_hits += hits.sum().double()
-                self.val_index_total += hits.numel()
-        self.output = sr.float().clamp(0, 1)
-        if was_training:
-            net.train()
+    def net_forward(self, net: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
+        """SR in [0, 1] of one padded input; on the whole image with a GT and ``net_tok``, also the index accuracy (the
+        argmax codes against the tokenizer's codes of the GT, on the H/8 cells of the image, padding excluded)."""
+        whole = lq.shape[-2] >= self.lq.shape[-2] and lq.shape[-1] >= self.lq.shape[-1]
+        if not whole or self.net_tok is None or getattr(self, 'gt', None) is None or \
+                getattr(self, 'val_index_hits', None) is None:
+            return net(lq).clamp(0, 1)
+        out = net.forward_ste(lq)
+        gt, _ = pad_to_multiple(self.gt, arch_multiple(self.net_tok))
+        idx_gt = self.tokenizer_targets(gt)['indices']
+        hv, wv = (math.ceil(s * int(self.opt.get('scale', 4)) / 8) for s in self.lq.shape[-2:])
+        hits = out['indices'][:, :hv, :wv] == idx_gt[:, :hv, :wv]
+        self.val_index_hits += hits.sum().double()
+        self.val_index_total += hits.numel()
+        return out['sr01'].clamp(0, 1)
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         """A dataset block may restrict ``val.metrics`` with ``val_metrics: [names]`` (e.g. no-reference metrics
