@@ -1,8 +1,9 @@
-"""Real-ESRGAN's second-order degradation, assembled from BasicSR's own pieces, device-agnostic.
+"""Real-ESRGAN's second-order degradation and training-pair queue, device-agnostic: the one module that both
+real-world AESOP and TVQ&RAP stages II/III train with (:class:`RealESRGANPairs`).
 
 BasicSR's ``RealESRGANModel.feed_data`` cannot be reused as is: its constructor and queue hard-code CUDA
-(no CPU training) and it always applies the second degradation, while TVQ&RAP applies the second stage with
-probability 0.5 (paper notes §4, "Degradation"). So the same steps, in the same order, are called here from
+(no CPU training), it always applies the second degradation, while TVQ&RAP applies the second stage with
+probability 0.5 (paper notes §4, "Degradation"), and its queue is lost at a resume. So the same steps, in the same order, are called here from
 BasicSR's functions (``filter2D``, ``random_add_gaussian_noise_pt``, ``random_add_poisson_noise_pt``,
 ``DiffJPEG``, ``USMSharp``; kernels from ``random_mixed_kernels`` / ``circular_lowpass_kernel`` with
 ``RealESRGANDataset``'s sampling rules) with one extra option, ``second_order_prob`` (the official TVQ&RAP
@@ -27,10 +28,13 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from torch.nn import functional as F
+from basicsr.data.transforms import paired_random_crop
 from basicsr.data.degradations import (circular_lowpass_kernel, random_add_gaussian_noise_pt,
                                        random_add_poisson_noise_pt, random_mixed_kernels)
 from basicsr.utils import DiffJPEG, USMSharp
 from basicsr.utils.img_process_util import filter2D
+
+from basicsr_ext.data.checks import DatasetError
 
 DEGRADATION_KEYS = ('resize_prob', 'resize_range', 'gaussian_noise_prob', 'noise_range', 'poisson_scale_range',
                     'gray_noise_prob', 'jpeg_range', 'second_blur_prob', 'resize_prob2', 'resize_range2',
@@ -180,7 +184,8 @@ class TrainingPairQueue:
     """Real-ESRGAN's training-pair pool (BasicSR ``_dequeue_and_enqueue``), on the tensors' device.
 
     Until the pool is full, batches pass through and are stored; then each batch is swapped for a random
-    batch drawn from the shuffled pool. Not saved in training states: after a resume it refills.
+    batch drawn from the shuffled pool. :meth:`state_dict` goes into the training state, so that a resumed run
+    draws the same pairs as an uninterrupted one.
     """
 
     def __init__(self, size: int) -> None:
@@ -209,3 +214,50 @@ class TrainingPairQueue:
         self.lq[self.ptr:self.ptr + b], self.gt[self.ptr:self.ptr + b] = lq, gt
         self.ptr += b
         return lq, gt
+
+    def state_dict(self) -> dict:
+        """The pool (8-bit where that is lossless: 4x smaller training states) and its fill pointer."""
+        if self.lq is None:
+            return {}
+        return {'lq': _pack(self.lq), 'gt': _pack(self.gt), 'ptr': self.ptr}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state:
+            self.lq, self.gt, self.ptr = _unpack(state['lq']), _unpack(state['gt']), int(state['ptr'])
+
+
+def _pack(x: torch.Tensor) -> torch.Tensor:
+    q = (x * 255).round().clamp(0, 255).to(torch.uint8)
+    return q.cpu() if torch.equal(q.to(x.dtype) / 255, x) else x.cpu()
+
+
+def _unpack(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
+class RealESRGANPairs(torch.nn.Module):
+    """``(lq, gt)`` training pairs from a GT-only batch with Real-ESRGAN kernels (``GTOnlyDataset`` with
+    ``return_kernels``, BasicSR's ``RealESRGANDataset``): :class:`RealESRGANDegradation` of the USM-sharpened GT,
+    a paired random crop to the option root's ``gt_size`` when the GT is larger, then the
+    :class:`TrainingPairQueue` of ``queue_size`` pairs (its state: :meth:`TrainingPairQueue.state_dict`).
+    The returned GT is the un-sharpened one; :meth:`usm` sharpens it for losses that want the USM GT."""
+
+    def __init__(self, opt: Mapping, scale: int, queue_size: int) -> None:
+        super().__init__()
+        self.degradation = RealESRGANDegradation(opt, scale)
+        self.queue = TrainingPairQueue(queue_size)
+        self.gt_size, self.scale = opt.get('gt_size'), int(scale)
+
+    @torch.no_grad()
+    def forward(self, data: Mapping, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if 'kernel1' not in data:
+            raise DatasetError('the training batch has neither lq nor Real-ESRGAN kernels: use a dataset that returns '
+                               'them (GTOnlyDataset with return_kernels: true, RealESRGANDataset)')
+        gt = data['gt'].to(device)
+        lq = self.degradation(gt, *(data[k].to(device) for k in ('kernel1', 'kernel2', 'sinc_kernel')))
+        if self.gt_size and gt.shape[-1] != self.gt_size:
+            gt, lq = paired_random_crop(gt, lq, self.gt_size, self.scale)
+        return self.queue(lq.contiguous(), gt)
+
+    def usm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.degradation.usm_sharpener(x)

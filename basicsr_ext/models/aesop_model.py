@@ -4,7 +4,7 @@ Synthetic (``AESOPESRGANModel``, official ``AesopESRGANArtifactsDisModel``):
     L_G = aesop_opt * L_AESOP + artifacts * L_LDL + perceptual * L_VGG19 + gan * L_RaGAN
 with the paper weights 1 / 1 / 1 / 0.005. ``pixel_opt`` is still accepted: 0.01 * L1 instead of ``aesop_opt``
 is the LDL baseline. Real-world (``AESOPRealESRGANModel``, official ``AesopRealESRGANArtifactsDisModel``):
-BasicSR's Real-ESRGAN on-the-fly degradation, L_G = L_AESOP (plain GT) + L_VGG19 (USM GT) + 0.1 * vanilla GAN
+Real-ESRGAN's on-the-fly degradation (``basicsr_ext.data.realesrgan_degradation``), L_G = L_AESOP (plain GT) + L_VGG19 (USM GT) + 0.1 * vanilla GAN
 (plain GT) with ``UNetDiscriminatorSN``.
 
 Precision: the generator and the discriminator run under ``train.use_amp`` autocast; the AESOP AE and VGG run
@@ -19,11 +19,9 @@ import torch
 from basicsr.losses import build_loss
 from basicsr.losses.loss_util import get_refined_artifact_map
 from basicsr.models.esrgan_model import ESRGANModel
-from basicsr.models.realesrgan_model import RealESRGANModel
-from basicsr.models.srgan_model import SRGANModel
-from basicsr.utils import DiffJPEG, USMSharp
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from basicsr_ext.data.realesrgan_degradation import RealESRGANPairs
 from basicsr_ext.models.engine import ConfigError, EngineMixin
 
 #: the LDL artifact map's local window (LDL and AESOP use 7)
@@ -184,43 +182,36 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
         self.finish_iteration(loss_dict)
 
 
-class ContiguousDiffJPEG(DiffJPEG):
-    """BasicSR's DiffJPEG returning contiguous tensors: on CPU its channels-last-strided output survives
-    ``F.pad``/``F.interpolate`` and breaks the ``.view`` in ``filter2D`` of the second degradation."""
-
-    def forward(self, x: torch.Tensor, quality) -> torch.Tensor:
-        return super().forward(x, quality).contiguous()
-
-
 @MODEL_REGISTRY.register()
-class AESOPRealESRGANModel(AESOPESRGANModel, RealESRGANModel):
-    """Real-world AESOP on BasicSR's Real-ESRGAN degradation pipeline (its ``feed_data`` and pair queue).
-
-    Non-relativistic vanilla GAN (``UNetDiscriminatorSN``). Which GT each loss sees (top-level keys):
-    ``aesop_gt_usm`` (default false, new), ``percep_gt_usm`` (true), ``gan_gt_usm`` (false), ``l1_gt_usm``
-    (true) - the official real-world AESOP setting.
+class AESOPRealESRGANModel(AESOPESRGANModel):
+    """Real-world AESOP: Real-ESRGAN's on-the-fly degradation and pair queue (``RealESRGANPairs``, the module
+    TVQ&RAP trains with too: any device, queue kept in the training state), non-relativistic vanilla GAN
+    (``UNetDiscriminatorSN``). Which GT each loss sees (top-level keys): ``aesop_gt_usm`` (default false, new),
+    ``percep_gt_usm`` (true), ``gan_gt_usm`` (false), ``l1_gt_usm`` (true) - the official real-world setting.
     """
 
-    def __init__(self, opt: dict) -> None:
-        if opt.get('is_train'):
-            self.check_options(opt)
-            batch = (opt.get('datasets') or {}).get('train', {}).get('batch_size_per_gpu', 1)
-            if int(opt.get('queue_size', 180)) % int(batch):
-                raise ConfigError(f"queue_size ({opt.get('queue_size', 180)}) must be divisible by "
-                                  f'datasets.train.batch_size_per_gpu ({batch})')
-        # RealESRGANModel.__init__ moves its helpers to CUDA unconditionally; build the same helpers on self.device instead
-        SRGANModel.__init__(self, opt)
-        self.jpeger = ContiguousDiffJPEG(differentiable=False).to(self.device)
-        self.usm_sharpener = USMSharp().to(self.device)
-        self.queue_size = opt.get('queue_size', 180)
+    @staticmethod
+    def check_options(opt: Mapping[str, Any]) -> None:
+        AESOPESRGANModel.check_options(opt)
+        batch = (opt.get('datasets') or {}).get('train', {}).get('batch_size_per_gpu', 1)
+        if int(opt.get('queue_size', 180)) % int(batch):
+            raise ConfigError(f"queue_size ({opt.get('queue_size', 180)}) must be divisible by "
+                              f'datasets.train.batch_size_per_gpu ({batch})')
+
+    def init_training_settings(self) -> None:
+        super().init_training_settings()
+        self.pairs = RealESRGANPairs(self.opt, self.opt['scale'], self.opt.get('queue_size', 180)).to(self.device)
 
     @torch.no_grad()
-    def _dequeue_and_enqueue(self) -> None:
-        if not hasattr(self, 'queue_lr'):  # allocate the pool on the data's device (BasicSR allocates it on CUDA)
-            self.queue_lr = torch.zeros(self.queue_size, *self.lq.shape[1:], device=self.lq.device)
-            self.queue_gt = torch.zeros(self.queue_size, *self.gt.shape[1:], device=self.gt.device)
-            self.queue_ptr = 0
-        super()._dequeue_and_enqueue()
+    def feed_data(self, data: Mapping[str, torch.Tensor]) -> None:
+        """A batch with ``lq`` (validation, paired data) as it is; a GT-only batch with kernels becomes a
+        Real-ESRGAN pair. ``gt_usm``, the USM-sharpened GT, is made after the queue (as BasicSR does)."""
+        if 'lq' in data:
+            super().feed_data(data)
+        else:
+            self.lq, self.gt = self.pairs(data, self.device)
+        if self.is_train and 'gt' in data:
+            self.gt_usm = self.pairs.usm(self.gt)
 
     def loss_targets(self) -> dict[str, torch.Tensor]:
         gt, usm = self.to_memory_format(self.gt), self.to_memory_format(self.gt_usm)
@@ -250,11 +241,3 @@ class AESOPRealESRGANModel(AESOPESRGANModel, RealESRGANModel):
         self.optimizer_step(self.optimizer_d, self.net_d)
         loss_dict.update(l_d_real=l_d_real, l_d_fake=l_d_fake, out_d_real=torch.mean(real_d_pred.detach()),
                          out_d_fake=torch.mean(fake_d_pred.detach()))
-
-    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        """Validate on the paired val set as it is (no synthetic degradation)."""
-        self.is_train = False
-        try:
-            super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
-        finally:
-            self.is_train = True

@@ -191,11 +191,14 @@ class EngineMixin:
     resume_training = resume_training
 
     def extra_training_state(self) -> dict:
-        """Model-specific tensors to keep across a resume (override; tensors/numbers only)."""
-        return {}
+        """Model-specific tensors to keep across a resume (extend it; tensors/numbers only): here the
+        Real-ESRGAN pair queue of a model that trains on ``self.pairs``."""
+        return {'pair_queue': self.pairs.queue.state_dict()} if getattr(self, 'pairs', None) is not None else {}
 
     def load_extra_training_state(self, extra: Mapping) -> None:
         """Counterpart of :meth:`extra_training_state`."""
+        if getattr(self, 'pairs', None) is not None:
+            self.pairs.queue.load_state_dict(extra.get('pair_queue') or {})
 
     # ---- the one test path -------------------------------------------------------------------------------------
     #: what :meth:`test` feeds the network (auto-encoders: ``gt``) and its scale (None: the option ``scale``)

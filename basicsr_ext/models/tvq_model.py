@@ -272,9 +272,10 @@ class TVQTokenizerModel(VQGANTrainingMixin, EngineMixin, SRModel):
         return int(dead.numel())
 
     def extra_training_state(self) -> dict:
-        return {'train_code_counts': self.train_code_counts.cpu()}
+        return dict(super().extra_training_state(), train_code_counts=self.train_code_counts.cpu())
 
     def load_extra_training_state(self, extra) -> None:
+        super().load_extra_training_state(extra)
         if 'train_code_counts' in extra and extra['train_code_counts'].shape == self.train_code_counts.shape:
             self.train_code_counts.copy_(extra['train_code_counts'].to(self.train_code_counts))
 

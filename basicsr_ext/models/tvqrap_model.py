@@ -19,8 +19,9 @@ Options beyond BasicSR's:
                                 ``path.ignore_resume_networks``: BasicSR's resume otherwise points
                                 ``pretrain_network_tok`` at a ``net_tok_<iter>.pth`` that is never written.
     train.stage                 code | rap
-    degradation (option root)   BasicSR's Real-ESRGAN keys + ``second_degradation_prob`` [0.5], ``queue_size``
-                                (224 stage II, 184 stage III), ``gt_size`` (crop after degradation; optional).
+    degradation (option root)   BasicSR's Real-ESRGAN keys + ``second_order_prob`` [0.5], ``queue_size``
+                                (224 stage II, 184 stage III; kept in the training state), ``gt_size`` (crop
+                                after degradation; optional): ``basicsr_ext.data.realesrgan_degradation``.
                                 Used when a batch has no ``lq`` (``GTOnlyDataset`` with ``return_kernels``);
                                 with paired data (``lq`` in the batch) the LR is used as is.
     val.tile_size / val.tile_overlap   tiled test on the LR (the engine's, every model; official 768 / 80)
@@ -39,13 +40,12 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 from basicsr.archs import build_network
-from basicsr.data.transforms import paired_random_crop
 from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from basicsr_ext.data.realesrgan_degradation import RealESRGANDegradation, TrainingPairQueue
+from basicsr_ext.data.realesrgan_degradation import RealESRGANPairs
 from basicsr_ext.models.engine import ConfigError, EngineMixin
 from basicsr_ext.models.tvq_model import VQGANTrainingMixin, codebook_weight
 from basicsr_ext.utils.tiling import arch_multiple, pad_to_multiple
@@ -165,10 +165,10 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
                 raise ConfigError('train.stage rap needs pixel_opt and/or perceptual_opt')
             self.ce_weight_rap = float(train_opt.get('ce_weight_rap', 0.0))
             self.setup_gan()
-        self.degrader = None
-        self.queue = TrainingPairQueue(int(self.opt.get('queue_size', 0) or 0))
+        self.pairs = None
         if self.opt.get('resize_prob') is not None:
-            self.degrader = RealESRGANDegradation(self.opt, self.opt['scale']).to(self.device)
+            self.pairs = RealESRGANPairs(self.opt, self.opt['scale'], int(self.opt.get('queue_size', 0) or 0)).to(
+                self.device)
         self.setup_engine()
         self.setup_optimizers()
         self.setup_schedulers()
@@ -189,19 +189,10 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
             if 'gt' in data:
                 self.gt = data['gt'].to(self.device)
             return
-        if self.degrader is None:
+        if self.pairs is None:
             raise ConfigError('the training batch has no lq and the Real-ESRGAN degradation options (resize_prob, '
                               '...) are missing at the option root')
-        if 'kernel1' not in data:
-            raise ConfigError('the training dataset must return Real-ESRGAN kernels (GTOnlyDataset: '
-                              'return_kernels: true)')
-        gt = data['gt'].to(self.device)
-        lq = self.degrader(gt, data['kernel1'].to(self.device), data['kernel2'].to(self.device),
-                           data['sinc_kernel'].to(self.device))
-        gt_size = self.opt.get('gt_size')
-        if gt_size and gt.shape[-1] != gt_size:
-            gt, lq = paired_random_crop(gt, lq, gt_size, self.opt['scale'])
-        self.lq, self.gt = self.queue(lq.contiguous(), gt)
+        self.lq, self.gt = self.pairs(data, self.device)
 
     # ---- training ----------------------------------------------------------------------------------------
     def optimize_parameters(self, current_iter: int) -> None:
