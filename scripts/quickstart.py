@@ -39,19 +39,17 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if __package__ in (None, ''):
-    sys.path.insert(0, ROOT)
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import basicsr_ext  # noqa: F401  (compat first)
+from basicsr_ext.data import prep
+from basicsr_ext.data.checks import DatasetError
+from basicsr_ext.scripting import REPO_ROOT as ROOT
+from basicsr_ext.scripting import fit_max_side, fmt, load_photo, markdown_table, option_file
+from basicsr_ext.utils import comparison
 
-import basicsr_ext  # noqa: E402,F401  (compat first)
-from basicsr_ext.data import prep  # noqa: E402
-from basicsr_ext.data.checks import DatasetError  # noqa: E402
-from basicsr_ext.utils import comparison  # noqa: E402
-
-OPTIONS_DIR = osp.join(ROOT, 'options', 'quickstart')
+OPTIONS_DIR = option_file('quickstart')
 TRAIN_SCRIPT = osp.join(ROOT, 'basicsr_ext', 'train.py')
 TEST_SCRIPT = osp.join(ROOT, 'basicsr_ext', 'test.py')
 
@@ -105,33 +103,6 @@ STAGES: tuple[Stage, ...] = (
 # ----------------------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------------------
-def load_photo(name: str) -> np.ndarray:
-    """A scikit-image photo as BGR uint8 H x W x 3 (gray -> 3 channels, alpha composited on white)."""
-    import skimage.data
-    img = getattr(skimage.data, name)()
-    if isinstance(img, tuple):  # stereo_motorcycle -> (left, right, disparity)
-        img = img[0]
-    img = np.asarray(img)
-    if img.dtype == bool:
-        img = img.astype(np.uint8) * 255
-    elif img.dtype != np.uint8:
-        img = np.clip(np.round(img.astype(np.float64) * (255.0 if img.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.shape[2] == 4:
-        alpha = img[..., 3:].astype(np.float32) / 255.0
-        img = np.round(img[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
-    return np.ascontiguousarray(img[..., ::-1])
-
-
-def _fit(img: np.ndarray, max_side: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    if max(h, w) <= max_side:
-        return img
-    f = max_side / max(h, w)
-    return cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
-
-
 def _center(img: np.ndarray, side: int) -> np.ndarray:
     h, w = img.shape[:2]
     top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
@@ -158,7 +129,7 @@ def build_data(out: str, rebuild: bool = False, log=print) -> dict[str, str]:
         os.makedirs(t_dir)
         os.makedirs(v_dir)
         for name in TRAIN_PHOTOS:
-            prep.save_png(osp.join(t_dir, f'{name}.png'), _fit(load_photo(name), MAX_SIDE))
+            prep.save_png(osp.join(t_dir, f'{name}.png'), fit_max_side(load_photo(name), MAX_SIDE))
         for name in VAL_PHOTOS:
             prep.save_png(osp.join(v_dir, f'{name}.png'), _center(load_photo(name), VAL_SIDE))
     kw = dict(overwrite=True, progress=False)
@@ -498,18 +469,12 @@ def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of the rows; '-' where a figure is missing."""
-    def num(v, fmt, unit=''):
-        return format(v, fmt) + unit if v is not None else '-'
-
-    lines = ['| method | PSNR (Y) | PSNR (RGB) | SSIM (Y) | sharpness (Laplacian ratio) | train time | test time '
-             '| weights | SR images (under the output folder) | status |',
-             '|---|---|---|---|---|---|---|---|---|---|']
-    for r in rows:
-        lines.append(f"| {r['method']} | {num(r.get('psnr'), '.2f')} | {num(r.get('psnr_rgb'), '.2f')} "
-                     f"| {num(r.get('ssim'), '.4f')} | {num(r.get('lap_ratio'), '.3f')} "
-                     f"| {num(r.get('train_s'), '.0f', ' s')} | {num(r.get('test_s'), '.0f', ' s')} | {r['weights']} "
-                     f"| {r['folder']} | {r['status']} |")
-    return '\n'.join(lines)
+    return markdown_table(
+        ['method', 'PSNR (Y)', 'PSNR (RGB)', 'SSIM (Y)', 'sharpness (Laplacian ratio)', 'train time', 'test time',
+         'weights', 'SR images (under the output folder)', 'status'],
+        [[r['method'], fmt(r.get('psnr'), '.2f', '-'), fmt(r.get('psnr_rgb'), '.2f', '-'),
+          fmt(r.get('ssim'), '.4f', '-'), fmt(r.get('lap_ratio'), '.3f', '-'), fmt(r.get('train_s'), '.0f', '-', ' s'),
+          fmt(r.get('test_s'), '.0f', '-', ' s'), r['weights'], r['folder'], r['status']] for r in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

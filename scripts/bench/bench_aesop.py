@@ -12,23 +12,17 @@ random too (no download).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
-import sys
 import tempfile
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import basicsr_ext  # noqa: F401  (compat first)
+import torch
+from basicsr.models import build_model
 
-import basicsr_ext  # noqa: E402,F401  (compat first)
-import torch  # noqa: E402
-from basicsr.models import build_model  # noqa: E402
+from basicsr_ext.scripting import markdown_table, option_file, timed_step, training_options
+from basicsr_ext.utils.checkpoint import atomic_save
 
-from basicsr_ext.utils.checkpoint import atomic_save  # noqa: E402
-from basicsr_ext.utils.options import load_option_file  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REDUCED = {
     'RRDBNet': {'num_feat': 32, 'num_block': 4, 'num_grow_ch': 16},
     'SwinIR': {'embed_dim': 60, 'depths': [2, 2], 'num_heads': [6, 6]},
@@ -49,9 +43,8 @@ def random_vgg() -> None:
 
 def model_options(kind: str, args: argparse.Namespace, ae_path: str) -> dict:
     """An option file of the repository, with the benchmark's size, batch and device."""
-    opt = copy.deepcopy(load_option_file(os.path.join(ROOT, 'options', f'train_{kind}_{args.generator}.yml')))
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=1 if args.device == 'cuda' else 0)
-    opt['path'] = {'pretrain_network_g': None, 'experiments_root': tempfile.gettempdir()}
+    opt = training_options(option_file(f'train_{kind}_{args.generator}.yml'), tempfile.gettempdir(),
+                           num_gpu=1 if args.device == 'cuda' else 0, pretrained=False)
     train = opt['train']
     train.update(use_amp=args.amp, amp_dtype='bf16')
     if not args.perceptual:
@@ -100,31 +93,20 @@ def main(argv: list[str] | None = None) -> None:
     lq = torch.rand(args.batch, 3, args.gt_size // 4, args.gt_size // 4, device=device)
     gt = torch.rand(args.batch, 3, args.gt_size, args.gt_size, device=device)
 
-    def step(model, it: int) -> float:
-        model.feed_data({'lq': lq, 'gt': gt})
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model.optimize_parameters(it)
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     times: dict[str, list[float]] = {k: [] for k in models}
     for it in range(1, args.warmup + args.iters + 1):
         for kind, model in models.items():  # alternate: load changes hit both alike
-            t = step(model, it)
+            t = timed_step(model, {'lq': lq, 'gt': gt}, it)
             if it > args.warmup:
                 times[kind].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
     dev = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({args.threads} threads)'
     print(f'\n{args.generator} ({args.size} widths), batch {args.batch}, GT {args.gt_size}, {dev}, '
           f'amp={args.amp}, perceptual={args.perceptual}; median of {args.iters} steps after {args.warmup} warm-up\n')
-    print('| model | generator loss | step time (s) | min (s) | max (s) |')
-    print('|---|---|---|---|---|')
     labels = {'ldl': 'LDL baseline: 0.01 * L1 + artifact + GAN', 'aesop': 'AESOP: 1 * L_AESOP + artifact + GAN'}
-    for kind in ('ldl', 'aesop'):
-        print(f'| {kind} | {labels[kind]} | {med[kind]:.4f} | {min(times[kind]):.4f} | {max(times[kind]):.4f} |')
+    print(markdown_table(['model', 'generator loss', 'step time (s)', 'min (s)', 'max (s)'],
+                         [[kind, labels[kind], f'{med[kind]:.4f}', f'{min(times[kind]):.4f}', f'{max(times[kind]):.4f}']
+                          for kind in ('ldl', 'aesop')]))
     ratio = med['aesop'] / med['ldl']
     print(f'\nAESOP / LDL step-time ratio: {ratio:.2f}x (target <= 1.3x)')
     if args.count_flops:

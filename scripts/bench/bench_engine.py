@@ -11,17 +11,16 @@
 from __future__ import annotations
 
 import argparse
-import copy
-import os
 import os.path as osp
 import statistics
-import sys
+import tempfile
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import basicsr_ext  # noqa: F401
+import torch
 
-import basicsr_ext  # noqa: E402,F401
-import torch  # noqa: E402
+from basicsr_ext.scripting import markdown_table, timed_step, training_options
+from basicsr_ext.utils.options import load_option_file
 
 
 def _variants(device: torch.device) -> list[tuple[str, dict]]:
@@ -49,37 +48,16 @@ def _synthetic_batch(opt: dict, batch: int) -> dict:
 def time_model_steps(opt_path: str, switches: dict, steps: int, warmup: int, batch: int | None) -> float:
     """Median seconds per optimize_parameters() of the model in ``opt_path`` with ``switches`` in train:."""
     from basicsr.models import build_model
-
-    from basicsr_ext.utils.options import load_option_file
-    opt = copy.deepcopy(load_option_file(opt_path))
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
-    opt['num_gpu'] = 1 if torch.cuda.is_available() else 0
-    opt['path'] = {k: v for k, v in (opt.get('path') or {}).items() if 'resume' not in k}
-    opt['path'].update(experiments_root='/tmp/bench_engine', models='/tmp/bench_engine/models',
-                       training_states='/tmp/bench_engine/states', log='/tmp/bench_engine',
-                       visualization='/tmp/bench_engine/vis')
-    opt['train'].update(switches)
-    for phase, ds in opt['datasets'].items():
-        ds['phase'] = phase.split('_')[0]
-        ds['scale'] = opt.get('scale', 4)
-    model = build_model(opt)
-    data = _synthetic_batch(opt, batch or opt['datasets']['train'].get('batch_size_per_gpu', 2))
-    times = []
-    for i in range(warmup + steps):
-        model.feed_data({k: v.clone() for k, v in data.items()})
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        model.optimize_parameters(i + 1)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    with tempfile.TemporaryDirectory(prefix='bench_engine_') as work:
+        opt = training_options(opt_path, work, num_gpu=1 if torch.cuda.is_available() else 0)
+        opt['train'].update(switches)
+        model = build_model(opt)
+        data = _synthetic_batch(opt, batch or opt['datasets']['train'].get('batch_size_per_gpu', 2))
+        times = [timed_step(model, {k: v.clone() for k, v in data.items()}, i + 1) for i in range(warmup + steps)]
+    return statistics.median(times[warmup:])
 
 
 def load_batch(opt_path: str) -> int:
-    from basicsr_ext.utils.options import load_option_file
     return int(load_option_file(opt_path)['datasets']['train'].get('batch_size_per_gpu', 1))
 
 
@@ -109,7 +87,8 @@ def main() -> None:
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--batch', type=int, default=None, help='override batch_size_per_gpu')
     p.add_argument('--data', default=None,
-                   help='folder with train_HR.lmdb, train_LRx4.lmdb and their sub-image folders (the quickstart layout)')
+                   help='folder with train_HR.lmdb, train_LRx4.lmdb and their sub-image folders '
+                        '(the quickstart layout)')
     p.add_argument('--gt-size', type=int, default=64)
     p.add_argument('--workers', type=int, default=0)
     args = p.parse_args()
@@ -136,8 +115,8 @@ def main() -> None:
         common = dict(type='PairedImageDataset', name='bench', phase='train', scale=4, gt_size=args.gt_size,
                       use_hflip=True, use_rot=True, batch_size_per_gpu=8, dataset_enlarge_ratio=1,
                       filename_tmpl='{}')
-        lmdb_opt = dict(common, dataroot_gt=osp.join(root, 'train_HR.lmdb'), dataroot_lq=osp.join(root, 'train_LRx4.lmdb'),
-                        io_backend={'type': 'lmdb'})
+        lmdb_opt = dict(common, dataroot_gt=osp.join(root, 'train_HR.lmdb'),
+                        dataroot_lq=osp.join(root, 'train_LRx4.lmdb'), io_backend={'type': 'lmdb'})
         disk_gt, disk_lq = osp.join(root, 'train_HR'), osp.join(root, 'train_LRx4')
         if not osp.isdir(disk_gt):  # the quickstart keeps its sub-image folders under build/
             disk_gt, disk_lq = osp.join(root, 'build', 'train_HR_sub'), osp.join(root, 'build', 'train_LRx4_sub')
@@ -146,12 +125,11 @@ def main() -> None:
             disk_opt = dict(common, dataroot_gt=disk_gt, dataroot_lq=disk_lq, io_backend={'type': 'disk'})
             rows.append(('folder', loader_throughput(disk_opt, 30, args.workers)))
         print(f'## Data loader throughput (gt_size {args.gt_size}, workers {args.workers})\n')
-        print('| backend | samples/s | ratio vs lmdb |' + ''.join(f' headroom vs {osp.basename(k)} |'
-                                                            for k in step_rates))
-        print('|---|---|---|' + '---|' * len(step_rates))
-        for name, rate in rows:
-            need = ''.join(f' {rate / r:.1f}x |' for r in step_rates.values())
-            print(f'| {name} | {rate:.1f} | {rate / rows[0][1]:.2f} |{need}')
+        print(markdown_table(['backend', 'samples/s', 'ratio vs lmdb'] + [f'headroom vs {osp.basename(k)}'
+                                                                        for k in step_rates],
+                             [[name, f'{rate:.1f}', f'{rate / rows[0][1]:.2f}'] + [f'{rate / r:.1f}x'
+                                                                                  for r in step_rates.values()]
+                              for name, rate in rows]))
 
 
 if __name__ == '__main__':

@@ -13,18 +13,15 @@ the paper reports 38 ms at 64x64 on an RTX 3090).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+import basicsr_ext  # noqa: F401  (compat first)
+import torch
+from basicsr.archs.rrdbnet_arch import RRDBNet
 
-import basicsr_ext  # noqa: E402,F401  (compat first)
-import torch  # noqa: E402
-from basicsr.archs.rrdbnet_arch import RRDBNet  # noqa: E402
-
-from basicsr_ext.archs.tvqrap_arch import TVQRAPNet  # noqa: E402
-from basicsr_ext.utils.profiler import format_cost_table, profile_network  # noqa: E402
+from basicsr_ext.archs.tvqrap_arch import TVQRAPNet
+from basicsr_ext.scripting import markdown_table
+from basicsr_ext.utils.profiler import format_cost_table, profile_network
 
 
 class Autocast(torch.nn.Module):
@@ -45,16 +42,14 @@ def networks() -> dict[str, torch.nn.Module]:
 
 
 def ratio_table(rows: list[dict]) -> str:
-    lines = ['| LR size | precision | params ratio | MACs ratio | latency ratio |', '|---|---|---:|---:|---:|']
-    keys = sorted({(r['lr_size'], r['precision']) for r in rows})
-    for size, prec in keys:
+    out = []
+    for size, prec in sorted({(r['lr_size'], r['precision']) for r in rows}):
         pair = {r['name']: r for r in rows if (r['lr_size'], r['precision']) == (size, prec)}
         a, b = pair.get('TVQ&RAP'), pair.get('RRDBNet (ESRGAN)')
-        if a is None or b is None:
-            continue
-        lines.append(f"| {size[0]}x{size[1]} | {prec} | {a['params'] / b['params']:.2f} | {a['macs'] / b['macs']:.2f} "
-                     f"| {a['latency_ms'] / b['latency_ms']:.2f} |")
-    return '\n'.join(lines)
+        if a is not None and b is not None:
+            out.append([f'{size[0]}x{size[1]}', prec, f"{a['params'] / b['params']:.2f}",
+                        f"{a['macs'] / b['macs']:.2f}", f"{a['latency_ms'] / b['latency_ms']:.2f}"])
+    return markdown_table(['LR size', 'precision', 'params ratio', 'MACs ratio', 'latency ratio'], out, align='llrrr')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                 r.update(name=name, precision=prec)
                 rows.append(r)
                 print(f'{name:18s} {size}x{size} {prec:14s} {r["latency_ms"]:10.1f} ms', flush=True)
-    dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    dev_name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
+                else f'CPU, {torch.get_num_threads()} threads')
     print(f'\nx4 SR cost, batch 1, {dev_name}, median of {args.repeats} runs:\n')
     for prec, _ in precisions:
         print(f'**{prec}**\n')

@@ -12,14 +12,12 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import basicsr_ext  # noqa: F401
+import torch
 
-import basicsr_ext  # noqa: E402,F401
-import torch  # noqa: E402
-
-from basicsr_ext.infer import build_sr_network, parse_arch_opts  # noqa: E402
-from basicsr_ext.utils.options import OptionError, load_option_file  # noqa: E402
-from basicsr_ext.utils.profiler import format_cost_table, profile_network  # noqa: E402
+from basicsr_ext.infer import build_sr_network, parse_arch_opts
+from basicsr_ext.utils.options import OptionError, load_option_file
+from basicsr_ext.utils.profiler import format_cost_table, profile_network
 
 
 def _build(opt_path: str | None, key: str, arch: str | None, arch_opt: dict) -> tuple[str, torch.nn.Module]:

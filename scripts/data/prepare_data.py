@@ -16,16 +16,13 @@ logic lives in ``basicsr_ext.data.prep``.
 from __future__ import annotations
 
 import argparse
-import os.path as osp
 import sys
 import time
 
-if __package__ in (None, ''):
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-import basicsr_ext  # noqa: E402,F401  (compat first)
-from basicsr_ext.data import prep  # noqa: E402
-from basicsr_ext.data.checks import DatasetError  # noqa: E402
+import basicsr_ext  # noqa: F401  (compat first)
+from basicsr_ext.data import prep
+from basicsr_ext.data.checks import DatasetError
+from basicsr_ext.scripting import markdown_table
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -143,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print('interrupted: no partial output was left behind', file=sys.stderr)
         return 130
-    print('\n| output | path | entries |\n|---|---|---|')
-    for role, path, n in rows:
-        print(f'| {role} | {path} | {n} |')
+    print('\n' + markdown_table(['output', 'path', 'entries'], rows))
     print(f'\n{args.cmd} done in {time.time() - start:.1f} s')
     return 0
 

@@ -43,19 +43,16 @@ import tempfile
 from collections import OrderedDict
 from typing import Any, Callable
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import basicsr_ext  # noqa: F401
+import numpy as np
 
-import basicsr_ext  # noqa: E402,F401
-import numpy as np  # noqa: E402
-
-from basicsr_ext.metrics.pyiqa_metric import MetricUnavailableError  # noqa: E402
-from basicsr_ext.utils.image_io import (ImageError, list_images, match_by_stem, quantize, read_image,  # noqa: E402
+from basicsr_ext.metrics.pyiqa_metric import MetricUnavailableError
+from basicsr_ext.scripting import markdown_table
+from basicsr_ext.utils.image_io import (ImageError, list_images, match_by_stem, quantize, read_image,
                                         write_bytes_atomic)
-from basicsr_ext.utils.options import OptionError, load_option_file  # noqa: E402
+from basicsr_ext.utils.options import OptionError, load_option_file
 
 BICUBIC = '@bicubic'
-_FIXED_BETTER = {'psnr': 'higher', 'ssim': 'higher', 'psnr_rgb': 'higher', 'ssim_rgb': 'higher',
-                 'lr_psnr': 'higher', 'ae_psnr': 'higher', 'niqe_basicsr': 'lower', 'fid': 'lower'}
 _LABELS = {'psnr': 'PSNR', 'ssim': 'SSIM', 'psnr_rgb': 'PSNR-RGB', 'ssim_rgb': 'SSIM-RGB', 'lr_psnr': 'LR-PSNR',
            'ae_psnr': 'AE-PSNR', 'niqe_basicsr': 'NIQE(BasicSR)', 'fid': 'FID'}
 
@@ -73,9 +70,32 @@ def method_folder(pattern: str, dataset: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # metrics
+def metric_option(name: str, crop_border: int = 4, scale: int = 4, device: str | None = None,
+                  ae_weights: str | None = None) -> dict[str, Any]:
+    """The ``val.metrics`` entry (a ``type`` of BasicSR's METRIC_REGISTRY and its kwargs) that computes ``name``.
+
+    ``psnr``/``ssim`` are on Y, ``*_rgb`` on RGB; ``lr_psnr``, ``ae_psnr`` are ours; ``niqe_basicsr`` is BasicSR's
+    NIQE; any other name is a pyiqa metric (``type: pyiqa``). ``fid`` is dataset-level (no registry entry).
+    """
+    if name in ('psnr', 'ssim', 'psnr_rgb', 'ssim_rgb'):
+        return {'type': 'calculate_psnr' if name.startswith('psnr') else 'calculate_ssim', 'crop_border': crop_border,
+                'test_y_channel': not name.endswith('_rgb'), 'better': 'higher'}
+    if name == 'lr_psnr':
+        return {'type': 'calculate_lr_psnr', 'scale': scale, 'better': 'higher'}
+    if name == 'ae_psnr':
+        return {'type': 'calculate_ae_psnr', 'autoencoder_load': {'path': ae_weights, 'key': 'params_ema'},
+                'crop_border': crop_border, 'device': device, 'better': 'higher'}
+    if name == 'niqe_basicsr':
+        return {'type': 'calculate_niqe', 'crop_border': crop_border, 'input_order': 'HWC', 'better': 'lower'}
+    if name == 'fid':
+        return {'type': None, 'better': 'lower'}
+    return {'type': 'pyiqa', 'metric': name, 'device': device}
+
+
 def metric_better(name: str) -> str:
-    if name in _FIXED_BETTER:
-        return _FIXED_BETTER[name]
+    better = metric_option(name).get('better')
+    if better:
+        return better
     from basicsr_ext.metrics.pyiqa_metric import lower_is_better
     try:
         return 'lower' if lower_is_better(name) else 'higher'
@@ -85,34 +105,32 @@ def metric_better(name: str) -> str:
 
 def make_metric(name: str, crop_border: int, scale: int, device: str | None,
                 ae_weights: str | None) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]:
-    """A per-image function (sr, gt, lq) -> value on uint8 BGR HWC images (raises MetricUnavailableError)."""
-    from basicsr.metrics.psnr_ssim import calculate_psnr, calculate_ssim
-    if name in ('psnr', 'ssim', 'psnr_rgb', 'ssim_rgb'):
-        fn = calculate_psnr if name.startswith('psnr') else calculate_ssim
-        y = not name.endswith('_rgb')
-        return lambda sr, gt, lq: fn(sr, gt, crop_border=crop_border, test_y_channel=y)
-    if name == 'lr_psnr':
-        from basicsr_ext.metrics.fidelity_metric import calculate_lr_psnr
-        return lambda sr, gt, lq: calculate_lr_psnr(sr, gt, img_lq=lq, scale=scale)
-    if name == 'ae_psnr':
+    """A per-image function (sr, gt, lq) -> value on uint8 BGR HWC images, through BasicSR's ``calculate_metric``
+    (the registry, as in validation). Raises MetricUnavailableError up front (weights missing, offline)."""
+    from basicsr.metrics import calculate_metric
+
+    from basicsr_ext.metrics.fidelity_metric import metric_needs_lq
+    opt = metric_option(name, crop_border, scale, device, ae_weights)
+    if opt['type'] == 'calculate_ae_psnr':
         if not ae_weights:
             raise MetricUnavailableError('ae_psnr needs --ae-weights AE_RRDBdecoder_100K.pth (the AESOP AE)')
-        from basicsr_ext.metrics.fidelity_metric import calculate_ae_psnr, get_autoencoder
-        load = {'path': ae_weights, 'key': 'params_ema'}
+        from basicsr_ext.metrics.fidelity_metric import get_autoencoder
         try:
-            get_autoencoder(None, load, device)
+            get_autoencoder(None, opt['autoencoder_load'], device)
         except Exception as e:  # noqa: BLE001 - reported as an unavailable metric
             raise MetricUnavailableError(f'ae_psnr: {e}') from None
-        return lambda sr, gt, lq: calculate_ae_psnr(sr, gt, autoencoder_load=load, crop_border=crop_border,
-                                                    device=device)
-    if name == 'niqe_basicsr':
-        from basicsr.metrics.niqe import calculate_niqe
-        return lambda sr, gt, lq: float(calculate_niqe(sr, crop_border=crop_border, input_order='HWC'))
-    from basicsr_ext.metrics.pyiqa_metric import calculate_pyiqa, get_pyiqa_metric, pyiqa_metric_info
-    info = pyiqa_metric_info(name)
-    get_pyiqa_metric(name, device=device)  # build now: an offline failure is reported once, up front
-    fr = info.get('metric_mode') == 'FR'
-    return lambda sr, gt, lq: calculate_pyiqa(sr, gt if fr else None, metric=name, device=device)
+    elif opt['type'] == 'pyiqa':
+        from basicsr_ext.metrics.pyiqa_metric import get_pyiqa_metric, pyiqa_metric_info
+        pyiqa_metric_info(name)
+        get_pyiqa_metric(name, device=device)  # build now: an offline failure is reported once, up front
+    needs_lq = metric_needs_lq(opt)
+
+    def metric(sr: np.ndarray, gt: np.ndarray, lq: np.ndarray | None) -> float:
+        data = {'img': sr, 'img2': gt}
+        if needs_lq and lq is not None:
+            data['img_lq'] = lq
+        return float(calculate_metric(data, opt))
+    return metric
 
 
 def _read_u8(path: str) -> np.ndarray:
@@ -289,12 +307,10 @@ def format_markdown(res: dict[str, Any]) -> str:
     for dname, d in res['results'].items():
         heads = [f'{_LABELS.get(m, m.upper())} {"↑" if res["better"][m] == "higher" else "↓"}' for m in res['metrics']]
         out.append(f'### {dname} ({d["n_gt"]} images)\n')
-        out.append('| method | ' + ' | '.join(heads) + ' | scored | missing | failed |')
-        out.append('|---|' + '---:|' * (len(heads) + 3))
-        for mname, r in d['methods'].items():
-            cells = [_fmt(r['metrics'].get(m), m) for m in res['metrics']]
-            counts = f'{r["n"]} | {len(r["missing"])} | {len(r["failed"])}'
-            out.append(f'| {mname} | ' + ' | '.join(cells) + f' | {counts} |')
+        out.append(markdown_table(
+            ['method', *heads, 'scored', 'missing', 'failed'],
+            [[mname, *(_fmt(r['metrics'].get(m), m) for m in res['metrics']), r['n'], len(r['missing']),
+              len(r['failed'])] for mname, r in d['methods'].items()], align='l' + 'r' * (len(heads) + 3)))
         out.append('')
     if res['metric_errors']:
         out.append('Metrics not computed: ' + '; '.join(f'{k}: {v}' for k, v in res['metric_errors'].items()))

@@ -20,12 +20,10 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-import basicsr_ext  # noqa: E402,F401
-from basicsr_ext.utils.comparison import (GAP_PX, LABEL_PX, bicubic_like_gt, default_crop, fit_to,  # noqa: E402,F401
+import basicsr_ext  # noqa: F401
+from basicsr_ext.utils.comparison import (GAP_PX, LABEL_PX, bicubic_like_gt, default_crop, fit_to,  # noqa: F401
                                           make_sheet, sheet_size)
-from basicsr_ext.utils.image_io import ImageError, list_images, match_by_stem, read_image  # noqa: E402
+from basicsr_ext.utils.image_io import ImageError, list_images, match_by_stem, read_image
 
 
 def resolve(path: str, stem: str | None) -> str:

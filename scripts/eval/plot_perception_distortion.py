@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-import basicsr_ext  # noqa: E402,F401
-import matplotlib  # noqa: E402
+import basicsr_ext  # noqa: F401
+import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from basicsr_ext.utils.image_io import write_figure_atomic  # noqa: E402
+from basicsr_ext.scripting import markdown_table
+from basicsr_ext.utils.image_io import write_figure_atomic
 
 
 def collect_points(res: dict, x: str, y: str, datasets: list[str] | None = None) -> dict[str, list[tuple]]:
@@ -88,10 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: no method has both {args.x} and {args.y} in {args.json}', file=sys.stderr)
         return 2
     plot(points, args.x, args.y, res.get('better', {}), args.out, args.width, args.height, args.dpi, args.title)
-    print(f'| dataset | method | {args.x} | {args.y} |\n|---|---|---:|---:|')
-    for dname, pts in points.items():
-        for mname, vx, vy in pts:
-            print(f'| {dname} | {mname} | {vx:.4f} | {vy:.4f} |')
+    print(markdown_table(['dataset', 'method', args.x, args.y],
+                         [[dname, mname, f'{vx:.4f}', f'{vy:.4f}'] for dname, pts in points.items()
+                          for mname, vx, vy in pts], align='llrr'))
     print(f'\nwrote {args.out}')
     return 0
 

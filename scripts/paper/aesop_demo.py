@@ -18,26 +18,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import basicsr_ext  # noqa: F401  (compat first)
+import numpy as np
+import torch
+from basicsr.losses import build_loss
+from torch.nn import functional as F
 
-import basicsr_ext  # noqa: E402,F401  (compat first)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from basicsr.losses import build_loss  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-
-from basicsr_ext.archs.aesop_arch import AESOPAutoEncoder  # noqa: E402
-from basicsr_ext.utils.checkpoint import atomic_save  # noqa: E402
+from basicsr_ext.archs.aesop_arch import AESOPAutoEncoder
+from basicsr_ext.scripting import load_photo, markdown_table
+from basicsr_ext.utils.checkpoint import atomic_save
 
 # encoder as the paper (num_feat 64: 4 full-resolution channels before the unshuffles; fewer than 48 would
 # squeeze colour through fewer than 3 channels), one RRDB; a small decoder
 AE_OPT = {'num_feat': 64, 'num_block': 1, 'num_grow_ch': 16,
           'dec_opt': {'num_feat': 32, 'num_block': 1, 'num_grow_ch': 16}}
-PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry', 'hubble_deep_field', 'motorcycle',
+PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry', 'hubble_deep_field', 'stereo_motorcycle',
           'colorwheel')
 HELD_OUT = 'astronaut'
 
@@ -75,14 +73,10 @@ def null_space_projection(noise: torch.Tensor, iters: int = 200) -> torch.Tensor
 
 def load_photos(size: int) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Bundled photos as RGB tensors in [0, 1] (grey -> 3 channels), plus the held-out test crop."""
-    import skimage.data as sd
     train, test = [], None
     for name in PHOTOS:
-        img = sd.stereo_motorcycle()[0] if name == 'motorcycle' else getattr(sd, name)()
-        img = np.asarray(img)
-        if img.ndim == 2:
-            img = np.stack([img] * 3, -1)
-        t = torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1).float() / 255.0
+        img = load_photo(name)[..., ::-1]  # BGR -> RGB
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
         h, w = (t.shape[1] // 4) * 4, (t.shape[2] // 4) * 4
         t = t[:, :h, :w]
         if name == HELD_OUT:
@@ -176,10 +170,9 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f'\nHeld-out crop: {HELD_OUT} {args.test_size}x{args.test_size}; AE reconstruction PSNR '
           f'{recon_psnr:.2f} dB; {time.time() - start:.0f} s\n')
-    print('| perturbation (equal pixel L1) | pixel L1 | bicubic-LR L1 | L_AESOP | L_AESOP / L1 |')
-    print('|---|---|---|---|---|')
-    for name, pix, lr_change, aesop, ratio in rows:
-        print(f'| {name} | {pix:.4f} | {lr_change:.5f} | {aesop:.5f} | {ratio:.3f} |')
+    print(markdown_table(['perturbation (equal pixel L1)', 'pixel L1', 'bicubic-LR L1', 'L_AESOP', 'L_AESOP / L1'],
+                         [[name, f'{pix:.4f}', f'{lr_change:.5f}', f'{aesop:.5f}', f'{ratio:.3f}']
+                          for name, pix, lr_change, aesop, ratio in rows]))
     texture = rows[0][4]
     others = min(rows[2][4], rows[3][4])
     print(f'\nThe null-space texture costs {texture:.3f} of its L1 in L_AESOP; the colour shift / blur cost '

@@ -22,117 +22,23 @@ train_vq_tokenizer_baseline.yml).
 from __future__ import annotations
 
 import argparse
-import copy
-import logging
-import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'scripts'))  # quickstart.load_photo (moves to a shared helper next)
+import basicsr_ext  # noqa: F401  (compat first)
+import numpy as np
+import torch
+from basicsr.metrics import calculate_psnr
+from basicsr.utils import tensor2img
 
-import basicsr_ext  # noqa: E402,F401  (compat first)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from basicsr.metrics import calculate_psnr  # noqa: E402
-from basicsr.models import build_model  # noqa: E402
-from basicsr.utils import get_root_logger, tensor2img  # noqa: E402
+from basicsr_ext import scripting
+from basicsr_ext.losses.vq_loss import LPIPSLoss
+from basicsr_ext.utils.image_io import write_figure_atomic
 
-from basicsr_ext.losses.vq_loss import LPIPSLoss, LPIPSWeightsMissing  # noqa: E402
-from basicsr_ext.utils.options import load_option_file  # noqa: E402
-from quickstart import load_photo  # noqa: E402
-
-QUICK = os.path.join(ROOT, 'options', 'quickstart')
-TRAIN_PHOTOS = ('astronaut', 'rocket', 'immunohistochemistry', 'hubble_deep_field', 'retina', 'stereo_motorcycle',
-                'colorwheel', 'brick', 'gravel')
-TEST_PHOTOS = ('chelsea', 'coffee')
+TRAIN_PHOTOS, TEST_PHOTOS = scripting.TOY_TRAIN_PHOTOS, scripting.TOY_TEST_PHOTOS
 CROP = 64
-
-
-# ----------------------------------------------------------------------------------------------------------
-# data
-# ----------------------------------------------------------------------------------------------------------
-def _rgb01(name: str, max_side: int = 256) -> np.ndarray:
-    import cv2
-    img = load_photo(name)[..., ::-1]  # BGR -> RGB
-    h, w = img.shape[:2]
-    if max(h, w) > max_side:
-        f = max_side / max(h, w)
-        img = cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(img).astype(np.float32) / 255.0
-
-
-def train_photos() -> list[np.ndarray]:
-    return [_rgb01(n) for n in TRAIN_PHOTOS]
-
-
-def test_crops(size: int = CROP) -> torch.Tensor:
-    """Non-overlapping crops of the held-out photos (N, 3, size, size) in [0, 1]."""
-    crops = []
-    for name in TEST_PHOTOS:
-        img = _rgb01(name)
-        h, w = img.shape[:2]
-        for y in range(0, h - size + 1, size):
-            for x in range(0, w - size + 1, size):
-                crops.append(img[y:y + size, x:x + size])
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
-
-
-def batch_sampler(photos: list[np.ndarray], batch: int, size: int = CROP, seed: int = 0) -> Callable[[], torch.Tensor]:
-    """Random crops + horizontal flips, reproducible from ``seed``."""
-    rng = np.random.default_rng(seed)
-
-    def sample() -> torch.Tensor:
-        out = []
-        for _ in range(batch):
-            img = photos[rng.integers(len(photos))]
-            y, x = rng.integers(0, img.shape[0] - size + 1), rng.integers(0, img.shape[1] - size + 1)
-            crop = img[y:y + size, x:x + size]
-            out.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
-        return torch.from_numpy(np.ascontiguousarray(np.stack(out))).permute(0, 3, 1, 2).contiguous()
-    return sample
-
-
-# ----------------------------------------------------------------------------------------------------------
-# models
-# ----------------------------------------------------------------------------------------------------------
-def quiet_basicsr() -> None:
-    get_root_logger(log_level=logging.WARNING)
-
-
-def in_memory_options(file: str, workdir: str, **network_overrides) -> dict:
-    """A quickstart option file as a model option dict (no experiment folder, EMA off)."""
-    opt = copy.deepcopy(load_option_file(os.path.join(QUICK, file)))
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=0)
-    opt['path'] = dict(opt.get('path') or {}, experiments_root=workdir, models=workdir, training_states=workdir,
-                       visualization=workdir)
-    opt['network_g'].update(network_overrides)
-    opt['train']['ema_decay'] = 0
-    return opt
-
-
-def train_model(opt: dict, batch_fn: Callable[[], dict], iters: int, log=print, label: str = '') -> object:
-    """Build the model from ``opt`` and run ``iters`` optimisation steps on ``batch_fn()`` batches."""
-    model = build_model(opt)
-    t0 = time.time()
-    for it in range(1, iters + 1):
-        model.feed_data(batch_fn())
-        model.optimize_parameters(it)
-        if it % max(1, iters // 4) == 0 or it == iters:
-            terms = ' '.join(f'{k} {v:.4f}' for k, v in model.get_current_log().items() if k.startswith('l_'))
-            log(f'  {label} iter {it}/{iters} ({time.time() - t0:.0f} s): {terms}')
-    return model
-
-
-def lpips_metric() -> LPIPSLoss | None:
-    """LPIPS-VGG with its pretrained weights, or None when they are not on disk."""
-    try:
-        return LPIPSLoss(pretrained=True)
-    except LPIPSWeightsMissing:
-        return None
+MAX_SIDE = 256
 
 
 def evaluate_tokenizer(model, crops: torch.Tensor, lpips: LPIPSLoss | None) -> dict[str, float]:
@@ -163,26 +69,18 @@ def save_plot(rows: list[dict], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix='.png', dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        write_figure_atomic(fig, path, dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ['| codebook size | method | r-PSNR (dB) | r-LPIPS | codes used | perplexity |', '|---:|---|---:|---:|---:|---:|']
-    for r in sorted(rows, key=lambda r: (r['codes'], r['method'])):
-        lp = f"{r['lpips']:.4f}" if r['lpips'] is not None else 'n/a'
-        lines.append(f"| {r['codes']} | {r['method']} | {r['psnr']:.2f} | {lp} | {100 * r['codebook_usage']:.0f}% | "
-                     f"{r['codebook_perplexity']:.1f} |")
-    return '\n'.join(lines)
+    return scripting.markdown_table(
+        ['codebook size', 'method', 'r-PSNR (dB)', 'r-LPIPS', 'codes used', 'perplexity'],
+        [[r['codes'], r['method'], f"{r['psnr']:.2f}", scripting.fmt(r['lpips'], '.4f'),
+          f"{100 * r['codebook_usage']:.0f}%", f"{r['codebook_perplexity']:.1f}"]
+         for r in sorted(rows, key=lambda r: (r['codes'], r['method']))], align='rlrrrr')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.iters < 1 or any(s < 2 for s in args.sizes):
         parser.error('--iters must be >= 1 and codebook sizes >= 2')
     torch.set_num_threads(args.threads)
-    quiet_basicsr()
-    photos, crops, lpips = train_photos(), test_crops(), lpips_metric()
+    scripting.quiet_basicsr()
+    photos = [scripting.photo_rgb01(n, MAX_SIDE) for n in TRAIN_PHOTOS]
+    crops = scripting.photo_crops(TEST_PHOTOS, CROP, MAX_SIDE)
+    lpips = scripting.lpips_or_none()
     print(f'{len(TRAIN_PHOTOS)} training photos, {crops.shape[0]} held-out {CROP}x{CROP} crops; LPIPS: '
           f'{"on" if lpips is not None else "off (weights not on disk)"}', flush=True)
     rows = []
@@ -208,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         for codes in args.sizes:
             for method, structure in (('TVQ', True), ('VQ', False)):
                 torch.manual_seed(args.seed)
-                opt = in_memory_options('tvq_tokenizer.yml', work, structure=structure, codebook_size=codes)
+                opt = scripting.quickstart_options('tvq_tokenizer.yml', work, structure=structure, codebook_size=codes)
                 opt['train'].update(gan_opt=None, perceptual_opt=None)
-                sample = batch_sampler(photos, args.batch, seed=args.seed)
-                model = train_model(opt, lambda s=sample: {'gt': s()}, args.iters, label=f'{method}-{codes}',
-                                    log=lambda m: print(m, flush=True))
+                sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed)
+                model = scripting.train_steps(opt, lambda s=sample: {'gt': s()}, args.iters, label=f'{method}-{codes}',
+                                              log=lambda m: print(m, flush=True))
                 rows.append({'codes': codes, 'method': method, **evaluate_tokenizer(model, crops, lpips)})
     save_plot(rows, args.out)
     print(f'\nReconstruction of held-out crops after {args.iters} iterations each ({time.time() - t0:.0f} s):\n')

@@ -21,18 +21,18 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import basicsr_ext  # noqa: F401  (compat first)
+import numpy as np
+import torch
+from basicsr.metrics import calculate_psnr
+from basicsr.utils import tensor2img
+from torch.nn import functional as F
 
-from fig1c_tvq_vs_vq import (batch_sampler, in_memory_options, lpips_metric, quiet_basicsr, test_crops,  # noqa: E402
-                             train_model, train_photos)
+from basicsr_ext import scripting
+from basicsr_ext.utils.checkpoint import atomic_save
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from basicsr.metrics import calculate_psnr  # noqa: E402
-from basicsr.utils import tensor2img  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-
-from basicsr_ext.utils.checkpoint import atomic_save  # noqa: E402
+CROP = 64       # the held-out crops and the training crops, as in fig1c_tvq_vs_vq.py
+MAX_SIDE = 256
 
 
 def bicubic_x4_down(x: torch.Tensor) -> torch.Tensor:
@@ -63,11 +63,10 @@ def evaluate_sr(model, crops: torch.Tensor, lpips) -> dict[str, float]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ['| branch | iterations | index accuracy | PSNR (Y) | LPIPS |', '|---|---:|---:|---:|---:|']
-    for r in rows:
-        lp = f"{r['lpips']:.4f}" if r['lpips'] is not None else 'n/a'
-        lines.append(f"| {r['branch']} | {r['iters']} | {100 * r['index_acc']:.1f}% | {r['psnr']:.2f} | {lp} |")
-    return '\n'.join(lines)
+    return scripting.markdown_table(
+        ['branch', 'iterations', 'index accuracy', 'PSNR (Y)', 'LPIPS'],
+        [[r['branch'], r['iters'], f"{100 * r['index_acc']:.1f}%", f"{r['psnr']:.2f}", scripting.fmt(r['lpips'], '.4f')]
+         for r in rows], align='lrrrr')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.tok_iters, args.stage2_iters, args.iters) < 1:
         parser.error('iteration counts must be >= 1')
     torch.set_num_threads(args.threads)
-    quiet_basicsr()
+    scripting.quiet_basicsr()
     log = lambda m: print(m, flush=True)  # noqa: E731
-    photos, crops, lpips = train_photos(), test_crops(), lpips_metric()
+    photos = [scripting.photo_rgb01(n, MAX_SIDE) for n in scripting.TOY_TRAIN_PHOTOS]
+    crops = scripting.photo_crops(scripting.TOY_TEST_PHOTOS, CROP, MAX_SIDE)
+    lpips = scripting.lpips_or_none()
     log(f'{crops.shape[0]} held-out crops; LPIPS (loss of RAP and metric): '
         f'{"on" if lpips is not None else "off (weights not on disk): RAP = MSE + GAN"}')
     t0 = time.time()
@@ -94,31 +95,32 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         tok_path, s2_path = os.path.join(work, 'tok.pth'), os.path.join(work, 'stage2.pth')
         torch.manual_seed(args.seed)
-        opt = in_memory_options('tvq_tokenizer.yml', work)
+        opt = scripting.quickstart_options('tvq_tokenizer.yml', work)
         opt['train']['perceptual_opt'] = None
-        sample = batch_sampler(photos, args.batch, seed=args.seed)
-        tok = train_model(opt, lambda: {'gt': sample()}, args.tok_iters, log, 'stage I')
+        sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed)
+        tok = scripting.train_steps(opt, lambda: {'gt': sample()}, args.tok_iters, log, 'stage I')
         save_net(tok, tok_path)
 
         torch.manual_seed(args.seed)
-        opt = in_memory_options('tvqrap_stage2.yml', work)
+        opt = scripting.quickstart_options('tvqrap_stage2.yml', work)
         opt['path'].update(pretrain_network_tok=tok_path, pretrain_network_g=None)
-        sample = batch_sampler(photos, args.batch, seed=args.seed + 1)
-        s2 = train_model(opt, lambda: paired(sample), args.stage2_iters, log, 'stage II')
+        sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed + 1)
+        s2 = scripting.train_steps(opt, lambda: paired(sample), args.stage2_iters, log, 'stage II')
         save_net(s2, s2_path)
         rows.append({'branch': 'stage II (start)', 'iters': 0, **evaluate_sr(s2, crops, lpips)})
 
         for branch, file in (('(a) code-level only', 'tvqrap_stage2.yml'), ('(b) RAP', 'tvqrap_rap.yml')):
             torch.manual_seed(args.seed)
-            opt = in_memory_options(file, work)
+            opt = scripting.quickstart_options(file, work)
             opt['path'].update(pretrain_network_tok=tok_path, pretrain_network_g=s2_path, param_key_g='params')
             opt['train']['optim_g']['lr'] = args.lr
             if opt['train'].get('optim_d'):
                 opt['train']['optim_d']['lr'] = args.lr
             if opt['train']['stage'] == 'rap' and lpips is not None:
                 opt['train']['perceptual_opt'] = {'type': 'LPIPSLoss', 'loss_weight': 1.0, 'pretrained': True}
-            sample = batch_sampler(photos, args.batch, seed=args.seed + 2)  # same batches for both branches
-            model = train_model(opt, lambda s=sample: paired(s), args.iters, log, branch)
+            # the same batches for both branches
+            sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed + 2)
+            model = scripting.train_steps(opt, lambda s=sample: paired(s), args.iters, log, branch)
             rows.append({'branch': branch, 'iters': args.iters, **evaluate_sr(model, crops, lpips)})
     log(f'\nRAP ablation on held-out crops (x4 bicubic LR; {time.time() - t0:.0f} s):\n')
     print(format_table(rows))

@@ -1,0 +1,194 @@
+"""What the command-line scripts under ``scripts/`` share, written once: the photos bundled with scikit-image,
+models built from the repository's option files, timed training steps, and Markdown tables.
+
+This module sits beside the entry points (``train.py``, ``test.py``, ``infer.py``), above every layer: it may
+import archs, losses, models and metrics, and nothing in the package imports it. Scripts import it as
+``from basicsr_ext import scripting`` (the package is installed, editable, by ``make venv``), so they run from
+any working directory without touching ``sys.path``, and no script imports another.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os.path as osp
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+OPTIONS_DIR = osp.join(REPO_ROOT, 'options')
+
+# The photo split of the in-memory paper demonstrations (Fig. 1c, RAP ablation): train on these, score on
+# non-overlapping crops of the held-out pair.
+TOY_TRAIN_PHOTOS = ('astronaut', 'rocket', 'immunohistochemistry', 'hubble_deep_field', 'retina', 'stereo_motorcycle',
+                    'colorwheel', 'brick', 'gravel')
+TOY_TEST_PHOTOS = ('chelsea', 'coffee')
+
+
+def option_file(*parts: str) -> str:
+    """The path of a repository option file, e.g. ``option_file('quickstart', 'tvq_tokenizer.yml')``."""
+    return osp.join(OPTIONS_DIR, *parts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# photos
+# ----------------------------------------------------------------------------------------------------------
+def load_photo(name: str) -> np.ndarray:
+    """A scikit-image photo as BGR uint8 H x W x 3 (gray -> 3 channels, alpha composited on white)."""
+    import skimage.data
+    img = getattr(skimage.data, name)()
+    if isinstance(img, tuple):  # stereo_motorcycle -> (left, right, disparity)
+        img = img[0]
+    img = np.asarray(img)
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    elif img.dtype != np.uint8:
+        img = np.clip(np.round(img.astype(np.float64) * (255.0 if img.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.shape[2] == 4:
+        alpha = img[..., 3:].astype(np.float32) / 255.0
+        img = np.round(img[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def fit_max_side(img: np.ndarray, max_side: int) -> np.ndarray:
+    """``img`` shrunk (INTER_AREA) so that its longer side is at most ``max_side``; unchanged when it already is."""
+    import cv2
+    h, w = img.shape[:2]
+    if max(h, w) <= max_side:
+        return img
+    f = max_side / max(h, w)
+    return cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+
+
+def photo_rgb01(name: str, max_side: int | None = None) -> np.ndarray:
+    """A bundled photo as RGB float32 H x W x 3 in [0, 1], optionally shrunk to ``max_side``."""
+    img = load_photo(name)[..., ::-1]
+    if max_side is not None:
+        img = fit_max_side(img, max_side)
+    return np.ascontiguousarray(img).astype(np.float32) / 255.0
+
+
+def photo_crops(names: Sequence[str], size: int, max_side: int | None = None) -> torch.Tensor:
+    """Non-overlapping ``size`` x ``size`` crops of the photos (N, 3, size, size) in [0, 1], row by row."""
+    crops = []
+    for name in names:
+        img = photo_rgb01(name, max_side)
+        h, w = img.shape[:2]
+        for y in range(0, h - size + 1, size):
+            for x in range(0, w - size + 1, size):
+                crops.append(img[y:y + size, x:x + size])
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+
+
+def crop_sampler(photos: Sequence[np.ndarray], batch: int, size: int, seed: int = 0) -> Callable[[], torch.Tensor]:
+    """A function returning random ``size`` crops (+ horizontal flips) of H x W x 3 photos as (batch, 3, size, size),
+    reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+
+    def sample() -> torch.Tensor:
+        out = []
+        for _ in range(batch):
+            img = photos[rng.integers(len(photos))]
+            y, x = rng.integers(0, img.shape[0] - size + 1), rng.integers(0, img.shape[1] - size + 1)
+            crop = img[y:y + size, x:x + size]
+            out.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+        return torch.from_numpy(np.ascontiguousarray(np.stack(out))).permute(0, 3, 1, 2).contiguous()
+    return sample
+
+
+# ----------------------------------------------------------------------------------------------------------
+# option-file models
+# ----------------------------------------------------------------------------------------------------------
+def training_options(path: str, workdir: str, num_gpu: int = 0, pretrained: bool = True) -> dict:
+    """An option file as the dict ``build_model`` takes for in-process training, without an experiment folder:
+    single process, no auto-resume, every output folder in ``workdir``, no resume state; with
+    ``pretrained=False`` also no ``pretrain_network_*`` weights (random initialisation)."""
+    from basicsr_ext.utils.options import load_option_file
+    opt = copy.deepcopy(load_option_file(path))
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=num_gpu, auto_resume=False)
+    paths = {k: v for k, v in (opt.get('path') or {}).items() if 'resume' not in k}
+    if not pretrained:
+        paths = {k: (None if k.startswith('pretrain_network') else v) for k, v in paths.items()}
+    paths.update(experiments_root=workdir, models=workdir, training_states=workdir, log=workdir,
+                 visualization=workdir)
+    opt['path'] = paths
+    for phase, ds in (opt.get('datasets') or {}).items():
+        ds['phase'] = phase.split('_')[0]
+        ds['scale'] = opt.get('scale', 4)
+    return opt
+
+
+def quickstart_options(file: str, workdir: str, **network_overrides: Any) -> dict:
+    """``options/quickstart/<file>`` as :func:`training_options`, ``network_g`` updated with ``network_overrides``
+    and EMA off: the in-memory paper demonstrations (Fig. 1c, RAP ablation) score the trained weights."""
+    opt = training_options(option_file('quickstart', file), workdir)
+    opt['network_g'].update(network_overrides)
+    opt['train']['ema_decay'] = 0
+    return opt
+
+
+def quiet_basicsr() -> None:
+    """BasicSR's root logger at WARNING: the scripts print their own progress."""
+    from basicsr.utils import get_root_logger
+    get_root_logger(log_level=logging.WARNING)
+
+
+def train_steps(opt: dict, batch_fn: Callable[[], dict], iters: int, log: Callable[[str], Any] = print,
+                label: str = '') -> Any:
+    """Build the model from ``opt`` and run ``iters`` optimisation steps on ``batch_fn()`` batches, logging the
+    loss terms four times."""
+    from basicsr.models import build_model
+    model = build_model(opt)
+    t0 = time.time()
+    for it in range(1, iters + 1):
+        model.feed_data(batch_fn())
+        model.optimize_parameters(it)
+        if it % max(1, iters // 4) == 0 or it == iters:
+            terms = ' '.join(f'{k} {v:.4f}' for k, v in model.get_current_log().items() if k.startswith('l_'))
+            log(f'  {label} iter {it}/{iters} ({time.time() - t0:.0f} s): {terms}')
+    return model
+
+
+def timed_step(model: Any, data: dict, current_iter: int) -> float:
+    """Seconds one ``optimize_parameters`` of ``model`` takes on ``data`` (CUDA synchronised around it)."""
+    cuda = torch.device(getattr(model, 'device', 'cpu')).type == 'cuda'
+    model.feed_data(data)
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    model.optimize_parameters(current_iter)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def lpips_or_none() -> Any:
+    """LPIPS-VGG with its pretrained weights, or None when they are not on disk (the scripts then say so)."""
+    from basicsr_ext.losses.vq_loss import LPIPSLoss, LPIPSWeightsMissing
+    try:
+        return LPIPSLoss(pretrained=True)
+    except LPIPSWeightsMissing:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tables
+# ----------------------------------------------------------------------------------------------------------
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
+    """A Markdown table; ``align`` has one letter per column, ``l`` (default) or ``r`` (right-aligned numbers)."""
+    align = align or 'l' * len(header)
+    if len(align) != len(header):
+        raise ValueError(f'align {align!r} has {len(align)} letters for {len(header)} columns')
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + ''.join('---:|' if a == 'r' else '---|' for a in align)]
+    lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+    return '\n'.join(lines)
+
+
+def fmt(value: float | None, spec: str, missing: str = 'n/a', unit: str = '') -> str:
+    """``format(value, spec) + unit``, or ``missing`` for None."""
+    return missing if value is None else format(value, spec) + unit
