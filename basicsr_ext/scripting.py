@@ -140,12 +140,14 @@ def quiet_basicsr() -> None:
 
 def train_steps(opt: dict, batch_fn: Callable[[], dict], iters: int, log: Callable[[str], Any] = print,
                 label: str = '') -> Any:
-    """Build the model from ``opt`` and run ``iters`` optimisation steps on ``batch_fn()`` batches, logging the
-    loss terms four times."""
+    """Build the model from ``opt`` and run ``iters`` optimisation steps on ``batch_fn()`` batches (with the option
+    file's warm-up and LR scheduler, as BasicSR's training loop), logging the loss terms four times."""
     from basicsr.models import build_model
     model = build_model(opt)
+    warmup = (opt.get('train') or {}).get('warmup_iter', -1)
     t0 = time.time()
     for it in range(1, iters + 1):
+        model.update_learning_rate(it, warmup_iter=warmup)  # the option file's warm-up and LR schedule, as train.py
         model.feed_data(batch_fn())
         model.optimize_parameters(it)
         if it % max(1, iters // 4) == 0 or it == iters:
