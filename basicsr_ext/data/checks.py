@@ -53,8 +53,9 @@ import re
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from basicsr_ext.utils.image_io import is_image_file
+
 DEFAULT_CHECK_MAX_FILES = 1000
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.gif')
 _SHAPE_RE = re.compile(r'\(\s*(\d+)\s*,\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)')
 
 
@@ -347,9 +348,9 @@ def _folder_images(ctx: _Ctx, key: str, recursive: bool = False) -> list[str]:
     folder = ctx.folder(key)
     names = sorted(scandir(folder, recursive=recursive))
     if recursive:
-        names = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+        names = [n for n in names if is_image_file(n)]
     else:
-        bad = [n for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)]
+        bad = [n for n in names if not is_image_file(n)]
         if bad:
             raise ctx.err(f'{key} {folder} contains non-image files, which BasicSR would try to decode: {_first(bad)}')
     if not names:

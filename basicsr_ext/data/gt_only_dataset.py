@@ -16,14 +16,13 @@ import numpy as np
 from torch.utils import data
 from basicsr.data.data_util import paths_from_lmdb
 from basicsr.data.transforms import augment
-from basicsr.utils import FileClient, img2tensor, scandir
+from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from basicsr_ext.data.realesrgan_degradation import KERNEL_BLOCK_KEYS, KERNEL_KEYS, sample_realesrgan_kernels
-from basicsr_ext.utils.image_io import decode_image_bytes
+from basicsr_ext.utils.image_io import decode_image_bytes, list_images
 
 RESIZE_MODES = ('random_crop', 'random_square_resize', 'center_square_resize', 'none')
-_IMG_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff', '.JPEG', '.PNG', '.JPG')
 
 
 def reflect_pad_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -143,8 +142,7 @@ class GTOnlyDataset(data.Dataset):
         else:
             if not osp.isdir(self.gt_folder):
                 raise FileNotFoundError(f'GTOnlyDataset: dataroot_gt folder not found: {self.gt_folder}')
-            self.paths = sorted(osp.join(self.gt_folder, p) for p in scandir(self.gt_folder, recursive=True)
-                                if p.endswith(_IMG_EXT))
+            self.paths = list_images(self.gt_folder, recursive=True)
         if not self.paths:
             raise ValueError(f'GTOnlyDataset: no images found in {self.gt_folder}')
 

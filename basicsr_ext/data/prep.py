@@ -40,7 +40,9 @@ import cv2
 import numpy as np
 
 from basicsr_ext.data.checks import DatasetError, check_relative_name, image_shape
-from basicsr_ext.utils.image_io import IMAGE_EXTENSIONS, ImageError, quantize, read_image
+from basicsr_ext.utils import image_io
+from basicsr_ext.utils.atomic import write_bytes_atomic, write_text_atomic
+from basicsr_ext.utils.image_io import ImageError, quantize, read_image
 
 # BasicSR's DIV2K recipe (scripts/data_preparation/extract_subimages.py)
 DIV2K_CROP_SIZE, DIV2K_STEP, DIV2K_THRESH_SIZE = 480, 240, 0
@@ -51,23 +53,16 @@ RECIPES = ('div2k', 'df2k', 'imagenet')
 # listing, reading, writing
 # ----------------------------------------------------------------------------------------------------------
 def list_images(folder: str, recursive: bool = False) -> list[str]:
-    """Sorted image paths relative to ``folder`` (hidden files skipped); DatasetError if missing or empty."""
+    """:func:`basicsr_ext.utils.image_io.list_images`, relative to ``folder``; DatasetError if missing or empty."""
     if not osp.exists(folder):
         raise DatasetError(f'folder not found: {folder}')
     if not osp.isdir(folder):
         raise DatasetError(f'not a folder: {folder}')
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-        for f in files:
-            if not f.startswith('.') and f.lower().endswith(IMAGE_EXTENSIONS):
-                out.append(osp.relpath(osp.join(root, f), folder).replace(os.sep, '/'))
-        if not recursive:
-            break
+    out = image_io.list_images(folder, recursive, relative=True)
     if not out:
-        raise DatasetError(f'no images in {folder} (extensions: {", ".join(IMAGE_EXTENSIONS)}'
+        raise DatasetError(f'no images in {folder} (extensions: {", ".join(image_io.IMAGE_EXTENSIONS)}'
                            f'{"; searched recursively" if recursive else "; sub-folders not searched"})')
-    return sorted(out)
+    return out
 
 
 def load_image(path: str) -> np.ndarray:
@@ -84,23 +79,11 @@ def save_png(path: str, img: np.ndarray, compress_level: int = 3) -> None:
     ok, buf = cv2.imencode('.png', np.ascontiguousarray(img), [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level)])
     if not ok:
         raise DatasetError(f'OpenCV could not encode {path}')
-    _write_bytes(path, buf.tobytes())
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    tmp = f'{path}.partial-{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.lexists(tmp):
-            os.remove(tmp)
-        raise
+    write_bytes_atomic(path, buf.tobytes(), fsync=False)  # no fsync per file: prep stages whole folders
 
 
 def _write_text(path: str, lines: Iterable[str]) -> None:
-    _write_bytes(path, ''.join(line + '\n' for line in lines).encode('utf-8'))
+    write_text_atomic(path, ''.join(line + '\n' for line in lines), fsync=False)
 
 
 @contextlib.contextmanager
@@ -629,7 +612,7 @@ def describe_outputs(paths: dict[str, str]) -> list[tuple[str, str, int]]:
         if p.endswith('.lmdb') and osp.isdir(p):
             n = sum(1 for _ in open(osp.join(p, 'meta_info.txt')))
         elif osp.isdir(p):
-            n = sum(1 for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTENSIONS))
+            n = len(image_io.list_images(p))
         elif osp.isfile(p):
             n = sum(1 for _ in open(p))
         else:

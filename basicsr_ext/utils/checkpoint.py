@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 import torch
+
+from basicsr_ext.utils.atomic import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -84,26 +85,10 @@ def check_finite(state_dict: Mapping[str, Any], path: str = '<checkpoint>') -> N
 
 
 def atomic_save(obj: Any, path: str, save_fn: Callable[[Any, str], None] | None = None) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a kill leaves the old file or none."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    os.close(fd)
-    try:
-        if save_fn is None:
-            torch.save(obj, tmp)
-        else:
-            save_fn(obj, tmp)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save`` (or ``save_fn(obj, tmp)``) through :func:`basicsr_ext.utils.atomic.atomic_write` (temporary
+    file in the same folder, fsync, rename): a kill leaves the old file or none."""
+    save = save_fn or torch.save
+    atomic_write(path, lambda tmp: save(obj, tmp))
 
 
 def save_checkpoint(obj: Any, path: str) -> None:

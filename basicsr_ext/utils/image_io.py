@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from basicsr_ext.utils.checkpoint import atomic_save
+from basicsr_ext.utils.atomic import write_bytes_atomic
 
 DEFAULT_MAX_PIXELS = 20000 * 20000
 MAX_PIXELS_ENV = 'BASICSR_EXT_MAX_PIXELS'
@@ -328,16 +328,6 @@ def quantize(img: np.ndarray, bit_depth: int = 8) -> np.ndarray:
     return np.rint(out).astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write bytes to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-
-    def _write(obj: bytes, tmp: str) -> None:
-        with open(tmp, 'wb') as f:
-            f.write(obj)
-
-    atomic_save(data, os.fspath(path), save_fn=_write)
-
-
 def write_image_atomic(path: str, img: np.ndarray, bit_depth: int = 8, alpha: np.ndarray | None = None,
                        channel_order: str = 'rgb', params: Sequence[int] | None = None) -> None:
     """Encode ``img`` by the extension of ``path`` (OpenCV) and write it atomically.
@@ -370,12 +360,25 @@ def write_image_atomic(path: str, img: np.ndarray, bit_depth: int = 8, alpha: np
     write_bytes_atomic(path, buf.tobytes())
 
 
-def list_images(folder: str, recursive: bool = False) -> list[str]:
-    """Sorted image files of a folder (by extension, case-insensitive)."""
+def is_image_file(name: str) -> bool:
+    """Whether ``name`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_images(folder: str, recursive: bool = False, relative: bool = False) -> list[str]:
+    """The one image lister: sorted image files of ``folder`` by extension (case-insensitive, :data:`IMAGE_EXTENSIONS`),
+    hidden files and folders skipped (``._x.png`` resource forks, our own ``.name.*.tmp`` temporaries).
+
+    Paths are ``folder``-joined, or with ``relative=True`` relative to ``folder`` with ``/`` separators (LMDB keys,
+    meta_info names). A missing folder lists nothing; callers that must refuse one say so themselves.
+    """
     out = []
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        out += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        for f in files:
+            if not f.startswith('.') and is_image_file(f):
+                path = os.path.join(root, f)
+                out.append(os.path.relpath(path, folder).replace(os.sep, '/') if relative else path)
         if not recursive:
             break
     return sorted(out)
@@ -409,9 +412,3 @@ def write_figure_atomic(fig: Any, path: str, dpi: int = 100) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=dpi)
     write_bytes_atomic(path, buf.getvalue())
-
-
-def describe(info: ImageInfo) -> dict[str, Any]:
-    """``info`` as a small JSON-friendly dict (for logs)."""
-    return {'path': info.path, 'format': info.format, 'size': [info.width, info.height],
-            'channels': info.channels, 'bit_depth': info.bit_depth, 'mode': info.mode, 'alpha': info.has_alpha}

@@ -48,8 +48,8 @@ import numpy as np
 
 from basicsr_ext.metrics.pyiqa_metric import MetricUnavailableError
 from basicsr_ext.scripting import markdown_table
-from basicsr_ext.utils.image_io import (ImageError, list_images, match_by_stem, quantize, read_image,
-                                        write_bytes_atomic)
+from basicsr_ext.utils.atomic import write_bytes_atomic
+from basicsr_ext.utils.image_io import ImageError, list_images, match_by_stem, quantize, read_image
 from basicsr_ext.utils.options import OptionError, load_option_file
 
 BICUBIC = '@bicubic'
