@@ -132,6 +132,22 @@ def quickstart_options(file: str, workdir: str, **network_overrides: Any) -> dic
     return opt
 
 
+def fit_schedule(opt: dict, iters: int) -> dict:
+    """Stretch the option file's schedule to ``iters`` iterations (in place; returns ``opt``): ``total_iter``, a
+    one-period cosine scheduler's period, and ``warmup_iter`` / ``disc_start_iter`` / ``dead_code_reinit_iters``
+    in proportion, so a demo run longer or shorter than the file keeps the same shape (warm-up, GAN phase, decay)."""
+    train = opt['train']
+    ratio = iters / max(1, int(train.get('total_iter') or iters))
+    train['total_iter'] = iters
+    sched = train.get('scheduler') or {}
+    if sched.get('type') == 'CosineAnnealingRestartLR' and len(sched.get('periods', [])) == 1:
+        sched['periods'] = [iters]
+    for key in ('warmup_iter', 'disc_start_iter', 'dead_code_reinit_iters'):
+        if isinstance(train.get(key), int) and train[key] > 0:
+            train[key] = max(1, round(train[key] * ratio))
+    return opt
+
+
 def quiet_basicsr() -> None:
     """BasicSR's root logger at WARNING: the scripts print their own progress."""
     from basicsr.utils import get_root_logger

@@ -6,10 +6,12 @@ the GT) and SR quality on held-out crops.
 
 Everything runs in memory on CPU with the quickstart's reduced-width networks (options/quickstart/) and the
 photos bundled with scikit-image: a tokenizer (stage I, TVQTokenizerModel), a stage-II predictor
-(TVQRAPModel, ``stage: code``), then the two branches. LR = bicubic x4 (antialiased) of random 64x64 GT crops.
+(TVQRAPModel, ``stage: code``), then the two branches, each with its option file's recipe (schedules stretched to
+the iteration counts). LR = bicubic x4 (antialiased) of random 128x128 GT crops (a 4x4 structure grid at H/32).
 LPIPS (loss of branch (b) and metric) is used only when its pretrained weights are on disk; otherwise branch (b)
 is MSE + GAN. The paper's finding: RAP lowers index accuracy (6.8% -> 4.4%) while every perceptual metric
-improves; at this scale expect the accuracy/quality trade-off, not the paper's numbers.
+improves; at this scale expect the accuracy/quality trade-off, not the paper's numbers. README "Paper demos"
+holds the measured table.
 
     python scripts/paper/rap_ablation.py [--tok-iters 300] [--stage2-iters 300] [--iters 150] [--threads 2]
 """
@@ -31,8 +33,8 @@ from torch.nn import functional as F
 from basicsr_ext import scripting
 from basicsr_ext.utils.checkpoint import atomic_save
 
-CROP = 64       # the held-out crops and the training crops, as in fig1c_tvq_vs_vq.py
-MAX_SIDE = 256
+CROP = 128      # the held-out tiles and the training crops (a 4x4 grid of the H/32 structure latent)
+MAX_SIDE = 512  # as the quickstart's photos
 
 
 def bicubic_x4_down(x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--tok-iters', type=int, default=300, help='stage-I iterations (%(default)s)')
     parser.add_argument('--stage2-iters', type=int, default=300, help='stage-II iterations (%(default)s)')
     parser.add_argument('--iters', type=int, default=150, help='iterations of each branch (%(default)s)')
-    parser.add_argument('--batch', type=int, default=4, help='batch size (%(default)s)')
+    parser.add_argument('--batch', type=int, default=2, help='batch size (%(default)s, as the option files)')
     parser.add_argument('--lr', type=float, default=1e-4, help='Adam learning rate of both branches (%(default)s)')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (%(default)s)')
     parser.add_argument('--seed', type=int, default=0)
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         opt = scripting.quickstart_options('tvq_tokenizer.yml', work)
         opt['train']['perceptual_opt'] = None
+        scripting.fit_schedule(opt, args.tok_iters)
         sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed)
         tok = scripting.train_steps(opt, lambda: {'gt': sample()}, args.tok_iters, log, 'stage I')
         save_net(tok, tok_path)
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         opt = scripting.quickstart_options('tvqrap_stage2.yml', work)
         opt['path'].update(pretrain_network_tok=tok_path, pretrain_network_g=None)
+        scripting.fit_schedule(opt, args.stage2_iters)
         sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed + 1)
         s2 = scripting.train_steps(opt, lambda: paired(sample), args.stage2_iters, log, 'stage II')
         save_net(s2, s2_path)
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(args.seed)
             opt = scripting.quickstart_options(file, work)
             opt['path'].update(pretrain_network_tok=tok_path, pretrain_network_g=s2_path, param_key_g='params')
+            scripting.fit_schedule(opt, args.iters)
             opt['train']['optim_g']['lr'] = args.lr
             if opt['train'].get('optim_d'):
                 opt['train']['optim_d']['lr'] = args.lr
