@@ -3,11 +3,11 @@ real-world AESOP and TVQ&RAP stages II/III train with (:class:`RealESRGANPairs`)
 
 BasicSR's ``RealESRGANModel.feed_data`` cannot be reused as is: its constructor and queue hard-code CUDA
 (no CPU training), it always applies the second degradation, while TVQ&RAP applies the second stage with
-probability 0.5 (paper notes §4, "Degradation"), and its queue is lost at a resume. So the same steps, in the same order, are called here from
-BasicSR's functions (``filter2D``, ``random_add_gaussian_noise_pt``, ``random_add_poisson_noise_pt``,
-``DiffJPEG``, ``USMSharp``; kernels from ``random_mixed_kernels`` / ``circular_lowpass_kernel`` with
-``RealESRGANDataset``'s sampling rules) with one extra option, ``second_order_prob`` (the official TVQ&RAP
-name; ``second_degradation_prob`` is accepted as an alias):
+probability 0.5 (paper notes §4, "Degradation"), and its queue is lost at a resume. So the same steps, in the
+same order, are called here from BasicSR's functions (``filter2D``, ``random_add_gaussian_noise_pt``,
+``random_add_poisson_noise_pt``, ``DiffJPEG``, ``USMSharp``; kernels from ``random_mixed_kernels`` /
+``circular_lowpass_kernel`` with ``RealESRGANDataset``'s sampling rules) with one extra option,
+``second_order_prob`` (the official TVQ&RAP name; ``second_degradation_prob`` is accepted as an alias):
 
 - with probability ``second_order_prob`` the second blur / resize / noise are applied (as in BasicSR);
   otherwise they are skipped and the image goes straight to the final step;

@@ -27,6 +27,7 @@ from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import METRIC_REGISTRY
 
 from basicsr_ext.losses.aesop_loss import DEFAULT_AUTOENCODER_ARCH, load_frozen_autoencoder
+from basicsr_ext.metrics.metric_util import metric_needs_lq  # noqa: F401  (the needs_lq protocol)
 from basicsr_ext.metrics.pyiqa_metric import to_rgb_tensor
 from basicsr_ext.utils.tiling import tiled_forward
 
@@ -113,12 +114,4 @@ def calculate_lr_psnr(img: np.ndarray, img2: np.ndarray | None = None, img_lq: n
                                 test_y_channel=test_y_channel))
 
 
-calculate_lr_psnr.needs_lq = True  # the engine passes ``img_lq`` to metrics with this attribute
-
-
-def metric_needs_lq(metric_opt: Mapping[str, Any]) -> bool:
-    """Whether the metric registered under ``metric_opt['type']`` wants the LR input as ``img_lq``."""
-    try:
-        return bool(getattr(METRIC_REGISTRY.get(metric_opt.get('type')), 'needs_lq', False))
-    except KeyError:
-        return False
+calculate_lr_psnr.needs_lq = True  # validation passes ``img_lq`` to it (metric_util.metric_needs_lq)

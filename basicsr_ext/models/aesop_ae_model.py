@@ -73,10 +73,6 @@ class AESOPAutoEncoderModel(EngineMixin, SRModel):
         if self.freeze_decoder:
             get_root_logger().info(f'AESOP AE: decoder frozen for iterations 1..{self.freeze_decoder}')
 
-    def setup_optimizers(self) -> None:
-        self.setup_engine()
-        super().setup_optimizers()
-
     def _set_decoder_trainable(self, trainable: bool) -> None:
         if trainable != self._decoder_trainable:
             for p in self.get_bare_model(self.net_g).decoder.parameters():

@@ -4,8 +4,8 @@ Synthetic (``AESOPESRGANModel``, official ``AesopESRGANArtifactsDisModel``):
     L_G = aesop_opt * L_AESOP + artifacts * L_LDL + perceptual * L_VGG19 + gan * L_RaGAN
 with the paper weights 1 / 1 / 1 / 0.005. ``pixel_opt`` is still accepted: 0.01 * L1 instead of ``aesop_opt``
 is the LDL baseline. Real-world (``AESOPRealESRGANModel``, official ``AesopRealESRGANArtifactsDisModel``):
-Real-ESRGAN's on-the-fly degradation (``basicsr_ext.data.realesrgan_degradation``), L_G = L_AESOP (plain GT) + L_VGG19 (USM GT) + 0.1 * vanilla GAN
-(plain GT) with ``UNetDiscriminatorSN``.
+Real-ESRGAN's on-the-fly degradation (``basicsr_ext.data.realesrgan_degradation``), L_G = L_AESOP (plain GT)
++ L_VGG19 (USM GT) + 0.1 * vanilla GAN (plain GT) with ``UNetDiscriminatorSN``.
 
 Precision: the generator and the discriminator run under ``train.use_amp`` autocast; the AESOP AE and VGG run
 in fp32. Validation: the engine's test() (padded to the arch's multiple, e.g. SwinIR's window; optional tiles).
@@ -82,10 +82,6 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
             self.cri_ldl = build_loss(dict(train_opt['artifacts_opt'])).to(self.device)
         self.cri_aesop = build_loss(dict(train_opt['aesop_opt'])).to(self.device) if train_opt.get('aesop_opt') \
             else None
-
-    def setup_optimizers(self) -> None:
-        self.setup_engine()  # all networks exist here: AMP / channels_last / compile before the optimizers
-        super().setup_optimizers()
 
     # ---- training ----------------------------------------------------------------------------------------
     def loss_targets(self) -> dict[str, torch.Tensor]:

@@ -49,7 +49,16 @@ def build_optimizer_params(net: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 class VQGANTrainingMixin:
-    """Discriminator, adaptive-weight hinge GAN and D step shared by stage I and stage III."""
+    """What BasicSR's SRModel / SRGANModel lack for VQGAN-style training (stages I and III), each for one reason:
+
+    - :meth:`setup_gan`, :meth:`setup_optimizers`, :meth:`save`: ``net_d`` is optional (no GAN in stage II, nor
+      in stage I before it is wanted); SRGANModel always builds one. SRModel's optimizer also logs one warning
+      per frozen tensor (hundreds for TVQ&RAP's frozen decoder): here one line.
+    - :meth:`build_ema`: SRModel builds the EMA only inside its ``init_training_settings``, which needs a pixel or
+      perceptual loss (stage II has neither).
+    - :meth:`model_ema`: frozen parameters are copied, not averaged (``x * d + x * (1 - d)`` drifts by rounding).
+    - :meth:`generator_gan_term`, :meth:`discriminator_step`: the hinge GAN with VQGAN's adaptive weight.
+    """
 
     TRAIN_KEYS = ('disc_weight', 'adaptive_weight_max', 'disc_start_iter')
 
@@ -74,12 +83,46 @@ class VQGANTrainingMixin:
                               self.opt['path'].get('param_key_d', 'params'))
         self.net_d.train()
 
-    def setup_optimizer_d(self) -> None:
-        if getattr(self, 'net_d', None) is None:
+    def setup_optimizers(self) -> None:
+        optim_g = dict(self.opt['train']['optim_g'])
+        self.optimizer_g = self.get_optimizer(optim_g.pop('type'), build_optimizer_params(self.net_g), **optim_g)
+        self.optimizers.append(self.optimizer_g)
+        if getattr(self, 'net_d', None) is not None:
+            optim_d = dict(self.opt['train']['optim_d'])
+            self.optimizer_d = self.get_optimizer(optim_d.pop('type'), self.net_d.parameters(), **optim_d)
+            self.optimizers.append(self.optimizer_d)
+
+    def save(self, epoch: int, current_iter: int) -> None:
+        if getattr(self, 'net_d', None) is not None:
+            self.save_network(self.net_d, 'net_d', current_iter)
+        super().save(epoch, current_iter)  # SRModel: net_g (params, params_ema), then the training state
+
+    def build_ema(self) -> None:
+        """``net_g_ema`` (``train.ema_decay``), loaded from ``params_ema`` of pretrain_network_g or copied."""
+        self.ema_decay = float(self.opt['train'].get('ema_decay', 0) or 0)
+        if self.ema_decay <= 0:
             return
-        optim_d = dict(self.opt['train']['optim_d'])
-        self.optimizer_d = self.get_optimizer(optim_d.pop('type'), self.net_d.parameters(), **optim_d)
-        self.optimizers.append(self.optimizer_d)
+        get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
+        self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
+        load_path = self.opt['path'].get('pretrain_network_g')
+        if load_path is not None:
+            self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
+        else:
+            self.model_ema(0)
+        self.net_g_ema.eval()
+        for p in self.net_g_ema.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def model_ema(self, decay: float = 0.999) -> None:
+        """BasicSR's parameter EMA, except that frozen parameters (the SR net's codebook and decoder) are copied."""
+        net_g = self.get_bare_model(self.net_g)
+        ema = dict(self.net_g_ema.named_parameters())
+        for name, p in net_g.named_parameters():
+            if p.requires_grad:
+                ema[name].mul_(decay).add_(p, alpha=1 - decay)
+            else:
+                ema[name].copy_(p)
 
     def gan_active(self, current_iter: int) -> bool:
         return self.cri_gan is not None and current_iter > self.disc_start_iter
@@ -118,61 +161,16 @@ class VQGANTrainingMixin:
         loss_dict['out_d_real'] = real_pred.detach().float().mean()
         loss_dict['out_d_fake'] = fake_pred.detach().float().mean()
 
-    def save(self, epoch: int, current_iter: int) -> None:
-        if hasattr(self, 'net_g_ema'):
-            self.save_network([self.net_g, self.net_g_ema], 'net_g', current_iter, param_key=['params', 'params_ema'])
-        else:
-            self.save_network(self.net_g, 'net_g', current_iter)
-        if getattr(self, 'net_d', None) is not None:
-            self.save_network(self.net_d, 'net_d', current_iter)
-        self.save_training_state(epoch, current_iter)
-
-    def build_ema(self) -> None:
-        """``net_g_ema`` (``train.ema_decay``), loaded from ``params_ema`` of pretrain_network_g or copied."""
-        self.ema_decay = float(self.opt['train'].get('ema_decay', 0) or 0)
-        if self.ema_decay <= 0:
-            return
-        get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
-        self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
-        load_path = self.opt['path'].get('pretrain_network_g')
-        if load_path is not None:
-            self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
-        else:
-            self.model_ema(0)
-        self.net_g_ema.eval()
-        for p in self.net_g_ema.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def model_ema(self, decay: float = 0.999) -> None:
-        """BasicSR's parameter EMA, except that frozen parameters (the SR net's codebook and decoder) are copied:
-        ``x * d + x * (1 - d)`` drifts by rounding, which would slowly move the frozen decoder of ``params_ema``."""
-        net_g = self.get_bare_model(self.net_g)
-        ema = dict(self.net_g_ema.named_parameters())
-        for name, p in net_g.named_parameters():
-            if p.requires_grad:
-                ema[name].mul_(decay).add_(p, alpha=1 - decay)
-            else:
-                ema[name].copy_(p)
-
-    def setup_optimizer_g(self) -> None:
-        optim_g = dict(self.opt['train']['optim_g'])
-        self.optimizer_g = self.get_optimizer(optim_g.pop('type'), build_optimizer_params(self.net_g), **optim_g)
-        self.optimizers.append(self.optimizer_g)
-
-    def setup_optimizers(self) -> None:
-        self.setup_optimizer_g()
-        self.setup_optimizer_d()
-
 
 @MODEL_REGISTRY.register()
-class TVQTokenizerModel(VQGANTrainingMixin, EngineMixin, SRModel):
+class TVQTokenizerModel(EngineMixin, VQGANTrainingMixin, SRModel):
     """Stage I: GT-only training of ``TVQTokenizer`` (or the vanilla-VQ baseline, ``structure: false``).
 
     Data: ``{'gt'}`` in [0, 1] (e.g. ``GTOnlyDataset``); X↓8 for the auxiliary AE is the 8x area average of the
     GT (= cv2 INTER_AREA for an integer factor). Validation: reconstruction of the GT (the engine's test(): padded
-    to the tokenizer's multiple, cropped back) scored by ``val.metrics``, plus codebook usage over the whole validation set
-    (``codebook_perplexity`` = exp(entropy of code frequencies), ``codebook_usage`` = fraction of codes used).
+    to the tokenizer's multiple, cropped back) scored by ``val.metrics``, plus codebook usage over the whole
+    validation set (``codebook_perplexity`` = exp(entropy of code frequencies), ``codebook_usage`` = fraction of
+    codes used; with ``val.tile_size``, the codes of each tile).
     """
 
     TRAIN_KEYS = ('codebook_loss_weight', 'aux_recon_loss_weight', 'align_loss_weight', 'dead_code_reinit_iters')
@@ -193,7 +191,6 @@ class TVQTokenizerModel(VQGANTrainingMixin, EngineMixin, SRModel):
         self.dead_code_reinit_iters = int(train_opt.get('dead_code_reinit_iters', 0) or 0)
         num_codes = codebook_weight(self.get_bare_model(self.net_g)).shape[0]
         self.train_code_counts = torch.zeros(num_codes, dtype=torch.float64, device=self.device)
-        self.setup_engine()
         self.setup_optimizers()
         self.setup_schedulers()
 
@@ -235,17 +232,13 @@ class TVQTokenizerModel(VQGANTrainingMixin, EngineMixin, SRModel):
         self.optimizer_step(self.optimizer_g, self.net_g)
         if use_gan:
             self.discriminator_step(self.gt, rec01, loss_dict, current_iter)
-        self.scaler_update()
-
         with torch.no_grad():
             counts = torch.bincount(out['indices'].flatten(), minlength=self.train_code_counts.numel())
             self.train_code_counts += counts.to(self.train_code_counts)
         if self.dead_code_reinit_iters and current_iter % self.dead_code_reinit_iters == 0:
             loss_dict['n_reinit_codes'] = torch.tensor(float(self.reinit_dead_codes(out['texture_feature'])),
                                                        device=self.device)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
-        self.log_dict = self.reduce_loss_dict(loss_dict)
+        self.finish_iteration(loss_dict)
 
     @torch.no_grad()
     def reinit_dead_codes(self, texture_feature: torch.Tensor) -> int:

@@ -25,7 +25,6 @@ Options beyond BasicSR's:
                                 Used when a batch has no ``lq`` (``GTOnlyDataset`` with ``return_kernels``);
                                 with paired data (``lq`` in the batch) the LR is used as is.
     val.tile_size / val.tile_overlap   tiled test on the LR (the engine's, every model; official 768 / 80)
-    datasets.<val set>.val_metrics      names of ``val.metrics`` to compute on that set (e.g. NR metrics only)
 
 Validation: PSNR/SSIM etc. from ``val.metrics`` and, when ``net_tok`` exists and the GT is known, ``index_acc``
 = fraction of H/8 positions where the argmax index equals the tokenizer's index of the GT.
@@ -66,7 +65,7 @@ class _MethodDispatch(torch.nn.Module):
 
 
 @MODEL_REGISTRY.register()
-class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
+class TVQRAPModel(EngineMixin, VQGANTrainingMixin, SRModel):
     """TVQ&RAP stages II (``train.stage: code``) and III (``train.stage: rap``); inference for tests."""
 
     TRAIN_KEYS = ('stage', 'entropy_loss_weight', 'feat_loss_weight', 'ce_weight_rap')
@@ -169,7 +168,6 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
         if self.opt.get('resize_prob') is not None:
             self.pairs = RealESRGANPairs(self.opt, self.opt['scale'], int(self.opt.get('queue_size', 0) or 0)).to(
                 self.device)
-        self.setup_engine()
         self.setup_optimizers()
         self.setup_schedulers()
 
@@ -243,12 +241,9 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
             self.optimizer_step(self.optimizer_g, self.net_g)
             if use_gan:
                 self.discriminator_step(self.gt, sr01, loss_dict, current_iter)
-        self.scaler_update()
         if idx_gt is not None:
             loss_dict['index_acc'] = (logits.detach().argmax(-1) == idx_gt).float().mean()
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
-        self.log_dict = self.reduce_loss_dict(loss_dict)
+        self.finish_iteration(loss_dict)
 
     # ---- inference / validation --------------------------------------------------------------------------
     def net_forward(self, net: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
@@ -266,23 +261,6 @@ class TVQRAPModel(VQGANTrainingMixin, EngineMixin, SRModel):
         self.val_index_hits += hits.sum().double()
         self.val_index_total += hits.numel()
         return out['sr01'].clamp(0, 1)
-
-    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        """A dataset block may restrict ``val.metrics`` with ``val_metrics: [names]`` (e.g. no-reference metrics
-        only for a set without GT, such as RealSet65)."""
-        subset = dataloader.dataset.opt.get('val_metrics')
-        metrics = (self.opt.get('val') or {}).get('metrics')
-        if subset is None or not metrics:
-            return super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
-        unknown = [m for m in subset if m not in metrics]
-        if unknown:
-            raise ConfigError(f"datasets.{dataloader.dataset.opt.get('name')}.val_metrics: {unknown} are not in "
-                              f'val.metrics ({list(metrics)})')
-        self.opt['val']['metrics'] = OrderedDict((k, v) for k, v in metrics.items() if k in subset)
-        try:
-            return super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
-        finally:
-            self.opt['val']['metrics'] = metrics
 
     def start_validation(self) -> None:
         self.val_index_hits = torch.zeros((), dtype=torch.float64, device=self.device)

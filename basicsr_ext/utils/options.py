@@ -24,6 +24,10 @@ class OptionError(ValueError):
     """An option file or option value that cannot be accepted."""
 
 
+class ConfigError(ValueError):
+    """Options that cannot work together (a model's checks), found before the first iteration."""
+
+
 class SafeOrderedLoader(yaml.SafeLoader):
     """yaml.SafeLoader whose mappings are OrderedDicts (BasicSR's `ordered_yaml` semantics, minus code)."""
 

@@ -10,39 +10,41 @@ import numpy as np
 import pytest
 import torch
 
+from basicsr_ext.data import sampler
 from basicsr_ext.models import engine
 from basicsr_ext.utils.checkpoint import atomic_save, load_checkpoint
+from basicsr_ext.utils.training_state import get_rng_state, set_rng_state
 
 
 def test_rng_state_round_trips_through_weights_only(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     random.random(), np.random.randn(), torch.randn(1)
-    atomic_save({'rng': [engine.get_rng_state()]}, str(tmp_path / 's.state'))
+    atomic_save({'rng': [get_rng_state()]}, str(tmp_path / 's.state'))
     expect = (random.random(), float(np.random.randn()), float(torch.randn(1)))
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    engine.set_rng_state(load_checkpoint(str(tmp_path / 's.state'))['rng'][0])
+    set_rng_state(load_checkpoint(str(tmp_path / 's.state'))['rng'][0])
     assert (random.random(), float(np.random.randn()), float(torch.randn(1))) == expect
 
 
 def test_resumable_sampler_continues_the_interrupted_epoch():
     data = list(range(10))
-    full = engine.ResumableEnlargedSampler(data, num_replicas=1, rank=0, ratio=2)
+    full = sampler.ResumableEnlargedSampler(data, num_replicas=1, rank=0, ratio=2)
     full.set_epoch(1)
     order = list(full)  # 20 indices, 5 batches of 4 per epoch
     batch, per_epoch = 4, 5
-    engine._PENDING_RESUME['state'] = {'epoch': 1, 'iter': per_epoch + 3, 'batch_size': batch, 'rng': None}
-    resumed = engine.ResumableEnlargedSampler(data, num_replicas=1, rank=0, ratio=2)
+    sampler._PENDING_RESUME['state'] = {'epoch': 1, 'iter': per_epoch + 3, 'batch_size': batch, 'rng': None}
+    resumed = sampler.ResumableEnlargedSampler(data, num_replicas=1, rank=0, ratio=2)
     resumed.set_epoch(1)
     assert list(resumed) == order[3 * batch:]
     assert list(resumed) == order  # armed once only
-    assert not engine._PENDING_RESUME
+    assert not sampler._PENDING_RESUME
 
 
 def test_ddp_ranks_get_distinct_samples():
     data = list(range(16))
     parts = []
     for rank in range(2):
-        s = engine.ResumableEnlargedSampler(data, num_replicas=2, rank=rank, ratio=1)
+        s = sampler.ResumableEnlargedSampler(data, num_replicas=2, rank=rank, ratio=1)
         s.set_epoch(0)
         parts.append(list(s))
     assert not set(parts[0]) & set(parts[1]) and len(parts[0]) == len(parts[1]) == 8
