@@ -22,6 +22,10 @@
 - Before an image is decoded, the memory it needs (decoded input, output buffers and, without ``--tile``, the
   network's full-size feature maps) is estimated from its header and compared with the available RAM: an image
   that cannot fit is skipped with the figure and the advice (``--tile``) instead of swapping or being killed.
+- Precision: ``--precision auto|fp32|bf16|fp16`` (``basicsr_ext.utils.precision``; ``auto``, the default: bf16 on a
+  CPU with AMX / avx512_bf16, fp16 on CUDA, fp32 elsewhere; ``--bf16`` / ``--half`` are deprecated aliases).
+  channels_last for net and input with bf16/fp16 and on CUDA (``--channels-last on|off`` overrides). The network is
+  set up once; a folder of same-size images pays oneDNN's primitive creation on the first image only.
 - An output holding NaN/inf values (a network that overflows, e.g. in fp16) is not written: the image counts as
   failed. The weights file and the key the weights came from are logged; non-finite weights are refused.
 """
@@ -32,7 +36,6 @@ import logging
 import os.path as osp
 import sys
 import time
-from contextlib import nullcontext
 from typing import Any, Sequence
 
 if __package__ in (None, ''):  # run as a script: import the package from the repository root, not this folder
@@ -47,6 +50,10 @@ from basicsr_ext.utils.checkpoint import CheckpointError, load_weights_into  # n
 from basicsr_ext.utils.image_io import (ImageError, image_header, list_images, read_image,  # noqa: E402
                                         write_image_atomic)
 from basicsr_ext.utils.options import OptionError, load_option_file, yaml_load_safe  # noqa: E402
+from basicsr_ext.utils.precision import (PRECISIONS, PrecisionError, cast_matmul_weights,  # noqa: E402
+                                         channels_last_input, inference_autocast, precision_dtype,
+                                         prefers_channels_last, resolve_precision, slow_precision_warning,
+                                         to_channels_last)
 from basicsr_ext.utils.tiling import arch_multiple, tiled_forward  # noqa: E402
 
 logger = logging.getLogger('basicsr_ext.infer')
@@ -134,22 +141,48 @@ def available_memory() -> int | None:
 
 
 class Upscaler:
-    """A loaded network plus how to run it (scale, multiple, tiles, precision)."""
+    """A loaded network plus how to run it (scale, multiple, tiles, precision, memory format).
+
+    Set up once, reused for every image: the network is moved to the device, put in channels_last when that
+    helps (:func:`basicsr_ext.utils.precision.prefers_channels_last`) and, for bf16/fp16, its conv / Linear weights
+    are stored in that precision (:func:`~basicsr_ext.utils.precision.cast_matmul_weights`, bit-identical to
+    autocast's own per-call casts). Only the network call runs under autocast; padding, tiling and blending stay
+    fp32. oneDNN keeps the primitives of each input size, so a folder of same-size images pays the set-up on the
+    first image only.
+    """
 
     def __init__(self, net: torch.nn.Module, scale: int | None = None, tile: int = 0, tile_overlap: int = 32,
                  multiple: int | None = None, device: str | torch.device | None = None,
-                 precision: str = 'fp32') -> None:
+                 precision: str = 'fp32', channels_last: bool | None = None) -> None:
         self.device = torch.device(device) if device else torch.device(
             'cuda' if torch.cuda.is_available() else 'cpu')
-        if precision == 'fp16' and self.device.type != 'cuda':
-            raise OptionError('--half needs a CUDA device (fp16 on CPU is slow or unsupported); use --bf16')
+        try:
+            self.precision = resolve_precision(precision, self.device)
+        except PrecisionError as e:
+            raise OptionError(f'--precision: {e}') from None
         self.net = net.to(self.device).eval()
         self.multiple = int(multiple) if multiple else arch_multiple(net)
         self.scale = int(scale) if scale else probe_scale(self.net, self.multiple, self.device)
         self.tile, self.tile_overlap = int(tile), int(tile_overlap)
-        self.amp_dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision)
+        self.amp_dtype = None if self.precision == 'fp32' else precision_dtype(self.precision)
+        self.channels_last = (prefers_channels_last(self.device, self.precision) if channels_last is None
+                              else bool(channels_last))
+        if self.channels_last:
+            to_channels_last(self.net)
+        cast_matmul_weights(self.net, self.precision)
         convs = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
         self.max_channels = max(convs, default=64)
+
+    def describe(self) -> str:
+        """``precision bf16, channels_last`` for the log line."""
+        return f'precision {self.precision}, {"channels_last" if self.channels_last else "NCHW"}'
+
+    def run_net(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on one (padded) input or tile, in the chosen precision and memory format."""
+        if self.channels_last:
+            x = channels_last_input(x)
+        with inference_autocast(self.device, self.precision):
+            return self.net(x)
 
     def memory_needed(self, width: int, height: int) -> tuple[int, int]:
         """(bytes for the image buffers in RAM, bytes for the network's feature maps in RAM) to upscale a
@@ -169,16 +202,15 @@ class Upscaler:
         """H x W x 3 float RGB [0, 1] -> (H*s) x (W*s) x 3 float RGB [0, 1]; NonFiniteOutputError when the network
         output holds NaN or inf."""
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).unsqueeze(0).to(self.device)
-        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with torch.no_grad(), ctx:
-            y = tiled_forward(self.net, x, self.scale, self.tile, self.tile_overlap, self.multiple)
+        with torch.inference_mode():
+            y = tiled_forward(self.run_net, x, self.scale, self.tile, self.tile_overlap, self.multiple)
         finite = torch.isfinite(y)
         if not bool(finite.all()):
             bad = int((~finite).sum())
-            hint = ' (try without --half)' if self.amp_dtype == torch.float16 else ''
+            hint = ' (try --precision fp32 or bf16)' if self.amp_dtype == torch.float16 else ''
             raise NonFiniteOutputError(f'the network output holds {bad} NaN/inf values of {y.numel()}: nothing '
                                        f'written{hint}')
-        return y[0].float().clamp_(0, 1).permute(1, 2, 0).cpu().numpy()
+        return y[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
@@ -279,8 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--ext', default='png', help='output format: png (default, keeps 16-bit), tif, jpg, webp')
     p.add_argument('--device', default=None, help='cpu, cuda, cuda:1 (default: cuda if available)')
     prec = p.add_mutually_exclusive_group()
-    prec.add_argument('--half', action='store_true', help='fp16 autocast (CUDA)')
-    prec.add_argument('--bf16', action='store_true', help='bf16 autocast')
+    prec.add_argument('--precision', choices=PRECISIONS, default=None,
+                      help='auto (default): bf16 on a CPU with AMX / avx512_bf16, fp16 on CUDA, fp32 elsewhere')
+    prec.add_argument('--half', action='store_true', help='deprecated: --precision fp16')
+    prec.add_argument('--bf16', action='store_true', help='deprecated: --precision bf16')
+    p.add_argument('--channels-last', choices=('auto', 'on', 'off'), default='auto',
+                   help='memory format of the net and input (auto: on for bf16/fp16 and on CUDA)')
     p.add_argument('--max-pixels', type=int, default=None,
                    help='refuse inputs larger than this many pixels (default 20000*20000, env BASICSR_EXT_MAX_PIXELS)')
     p.add_argument('--no-progress', action='store_true', help='no tqdm progress bar')
@@ -305,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.addHandler(_StderrHandler())
         logger.setLevel(logging.INFO)
     ext = '.' + args.ext.lower().lstrip('.')
+    precision = args.precision or ('fp16' if args.half else 'bf16' if args.bf16 else 'auto')
+    if args.half or args.bf16:
+        logger.warning(f'warning: {"--half" if args.half else "--bf16"} is deprecated: use --precision {precision}')
     try:
         check_arguments(args)
         files = collect_inputs(args.input)
@@ -317,12 +356,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise OptionError('no weights: give --weights ckpt.pth (or path.pretrain_network_g in --opt)')
         load_weights_into(net, weights, args.param_key or meta['param_key'] or 'params_ema', True, logger)
         up = Upscaler(net, args.scale or meta['scale'], args.tile, args.tile_overlap, args.multiple, args.device,
-                      'fp16' if args.half else 'bf16' if args.bf16 else 'fp32')
+                      precision, {'auto': None, 'on': True, 'off': False}[args.channels_last])
     except (OptionError, CheckpointError) as e:
         logger.error(f'error: {e}')
         return 2
+    slow = slow_precision_warning(up.device, up.precision)
+    if slow:
+        logger.warning(f'warning: {slow}')
     logger.info(f'{len(files)} image(s), x{up.scale}, multiple {up.multiple}, tile {up.tile or "off"}, '
-                f'device {up.device}')
+                f'device {up.device}, {up.describe()}')
     failed: list[tuple[str, str]] = []
     written = 0
     t0 = time.time()
@@ -338,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed.append((src, e.reason))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            failed.append((src, 'out of GPU memory: try --tile 256 (or smaller), --half/--bf16'))
+            failed.append((src, 'out of GPU memory: try --tile 256 (or smaller), --precision fp16/bf16'))
         except (RuntimeError, ValueError, MemoryError) as e:
             failed.append((src, f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'))
         if failed and failed[-1][0] == src:
