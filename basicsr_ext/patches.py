@@ -290,12 +290,41 @@ def _installed_root() -> str:
 def _resumable_sampler() -> str:
     import basicsr.train as btrain
     from basicsr.data.data_sampler import EnlargedSampler
-    resumable = _ours('data.sampler').ResumableEnlargedSampler
+    resumable, training_state = _ours('data.sampler').ResumableEnlargedSampler, _ours('utils.training_state')
     if btrain.EnlargedSampler is resumable:
         return ALREADY
     _STOCK['EnlargedSampler'] = EnlargedSampler
     _rebind('EnlargedSampler', EnlargedSampler, resumable, modules=['basicsr.train', 'basicsr'])
+    inner = btrain.load_resume_state
+
+    def load_resume_state(opt):  # the pipeline builds its train sampler next: hand it the state's resume point
+        state = inner(opt)
+        _hand_resume_point(sys._getframe(1).f_globals, resumable, training_state.resume_point(state, opt))
+        return state
+
+    load_resume_state._basicsr_ext = True
+    load_resume_state._basicsr_ext_root = getattr(inner, '_basicsr_ext_root', False)  # entry installed_root: done
+    load_resume_state.__wrapped__ = inner
+    _rebind('load_resume_state', inner, load_resume_state)
     return APPLIED
+
+
+def _hand_resume_point(namespace: dict, resumable: type, point: Any) -> None:
+    """The calling pipeline's next ``EnlargedSampler(...)`` becomes ``resumable(..., resume=point)``, once (its
+    name is ours or such a one-shot; a pipeline with a sampler of its own is left alone)."""
+    current = namespace.get('EnlargedSampler')
+    if current is not resumable and not getattr(current, '_basicsr_ext_resume', False):
+        return
+    if point is None:
+        namespace['EnlargedSampler'] = resumable
+        return
+
+    def sampler_resuming(*args, **kwargs):
+        namespace['EnlargedSampler'] = resumable
+        return resumable(*args, resume=point, **kwargs)
+
+    sampler_resuming._basicsr_ext_resume = True
+    namespace['EnlargedSampler'] = sampler_resuming
 
 
 def _dataset_checks() -> str:
@@ -417,9 +446,9 @@ PATCHES: tuple[Patch, ...] = (
           'latter stops --auto_resume); a failed save is only a warning; a resumed run draws other random crops '
           'than an uninterrupted one',
           'BaseModel.save_network / save_training_state: temporary file + rename, an error naming the file when '
-          'the write fails; the state also holds the RNG states of every rank; BaseModel.resume_training arms the '
-          'resumable sampler (bit-identical resume with num_worker_per_gpu 0); load_resume_state (entry '
-          'resume_cpu): --auto_resume skips unreadable states, with a warning',
+          'the write fails; the state also holds the RNG states of every rank (the resumable sampler restores '
+          'them: entry resumable_sampler); load_resume_state (entry resume_cpu): --auto_resume skips unreadable '
+          'states, with a warning',
           _atomic_exact_resume),
     Patch('safe_options', UPGRADE, 'basicsr 1.4.2 (and yaml_load of later BasicSR)',
           'option files are parsed with the full YAML loader: a !!python/object tag in a downloaded .yml runs '
@@ -454,8 +483,9 @@ PATCHES: tuple[Patch, ...] = (
           _installed_root),
     Patch('resumable_sampler', UPGRADE, 'basicsr 1.4.2',
           'after a resume BasicSR restarts the interrupted epoch from its first sample',
-          'basicsr.train.EnlargedSampler: ResumableEnlargedSampler (skips the consumed samples, restores the '
-          'saved RNG states); basicsr.data.data_sampler keeps the stock class',
+          'basicsr.train.EnlargedSampler: ResumableEnlargedSampler; load_resume_state hands the train sampler '
+          'the pipeline builds next the resume point of the state (it skips the consumed samples and restores '
+          'the saved RNG states); basicsr.data.data_sampler keeps the stock class',
           _resumable_sampler),
     Patch('dataset_checks', UPGRADE, 'basicsr 1.4.2',
           'missing folders, GT/LQ mismatches, broken LMDB meta-info and bad samples surface iterations later as '

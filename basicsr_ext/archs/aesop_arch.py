@@ -11,16 +11,22 @@ the official class registers the encoder modules twice, as ``conv_first``/``body
 unshuffles). This class mirrors that attribute layout (same modules, same registration order: decoder,
 conv_first, down, body, conv_last, encoder), so the released files load with ``strict=True`` and every tensor
 is filled. :meth:`convert_official_state_dict` also accepts files holding only one of the two copies.
+
+:func:`load_frozen_autoencoder` builds and loads the frozen AE that both the AESOP loss and AE-PSNR use.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 import torch
+from basicsr.archs import build_network
 from basicsr.archs.arch_util import default_init_weights
 from basicsr.archs.rrdbnet_arch import RRDB, RRDBNet
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
+
+from basicsr_ext.utils.checkpoint import CheckpointError, load_weights_into
 
 #: encoder attribute -> its index in the ``encoder`` Sequential (the official duplicate names)
 ENCODER_ALIASES = {'conv_first': 'encoder.0', 'body': 'encoder.2', 'conv_last': 'encoder.3'}
@@ -113,3 +119,37 @@ class AESOPAutoEncoder(nn.Module):
                             sd[twin] = sd[k]
                             added += 1
         return sd, ('single-copy AESOP encoder' if added else None)
+
+
+#: the AE block of every official config (``train.aesop_opt.autoencoder_arch``)
+DEFAULT_AUTOENCODER_ARCH = {'type': 'AESOPAutoEncoder', 'enc_opt': {'placeholder': 0},
+                            'dec_opt': {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64,
+                                        'num_block': 23, 'num_grow_ch': 32}}
+#: official arch names that mean our class
+_ARCH_ALIASES = {'AutoEncoder_RRDBNet': 'AESOPAutoEncoder'}
+
+
+def load_frozen_autoencoder(autoencoder_arch: Mapping[str, Any] | None,
+                            autoencoder_load: Mapping[str, Any] | None) -> nn.Module:
+    """Build the AE from its option dict, load ``{path, key}`` strictly, freeze it (no grad, eval): the frozen AE
+    of the AESOP loss (``losses.aesop_loss``) and of AE-PSNR (``metrics.fidelity_metric``).
+
+    Raises CheckpointError naming the path and key when the file is missing, lacks the key, or does not fit.
+    """
+    arch = dict(autoencoder_arch or DEFAULT_AUTOENCODER_ARCH)
+    arch['type'] = _ARCH_ALIASES.get(arch.get('type', 'AESOPAutoEncoder'), arch.get('type', 'AESOPAutoEncoder'))
+    net = build_network(arch)
+    if not autoencoder_load or not autoencoder_load.get('path'):
+        raise CheckpointError('AESOP auto-encoder: autoencoder_load.path is required (the pretrained AE checkpoint, '
+                              'e.g. AE_RRDBdecoder_100K.pth with key params_ema); a random AE gives a meaningless loss '
+                              'or AE-PSNR')
+    path, key = str(autoencoder_load['path']), autoencoder_load.get('key', 'params_ema')
+    try:  # the one loader: weights-only, key -> params_ema -> params, official layout translated, strict
+        load_weights_into(net, path, key, strict=True, logger=get_root_logger())
+    except CheckpointError as e:
+        raise CheckpointError(f'AESOP auto-encoder (autoencoder_load: path {path}, key {key!r}): {e}; '
+                              'check autoencoder_arch against the checkpoint') from None
+    for p in net.parameters():
+        p.requires_grad_(False)
+    get_root_logger().info(f'Loaded the frozen AESOP auto-encoder from {path} (key {key!r}).')
+    return net.eval()

@@ -1,19 +1,17 @@
-"""Exact resume on the data side: RNG states as tensors, and BasicSR's sampler continuing an interrupted epoch.
+"""BasicSR's ``EnlargedSampler`` continuing an interrupted epoch after a resume: the data side of exact resume.
 
-:class:`ResumableEnlargedSampler` is BasicSR's ``EnlargedSampler`` (same constructor, same sampling) that, after a
-resume, skips the samples the interrupted epoch already consumed. The model arms it from the training state
-(:data:`_PENDING_RESUME`, set by every model's ``resume_training``: ``basicsr_ext.utils.training_state``);
-``basicsr_ext.patches`` (entry ``resumable_sampler``) makes BasicSR's train pipeline build it.
+:class:`ResumableEnlargedSampler` samples as BasicSR's (same constructor) and takes a resume point (``resume=``:
+``basicsr_ext.utils.training_state.resume_point`` of the training state). ``basicsr_ext.patches`` (entry
+``resumable_sampler``) makes BasicSR's train pipeline build it and hands it the point of the state that
+``load_resume_state`` returned.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 from basicsr.data.data_sampler import EnlargedSampler
 
-# the RNG helpers and the pending resume live with the training state (one place); the names stay importable here
-from basicsr_ext.utils.training_state import PENDING_RESUME as _PENDING_RESUME  # noqa: F401
-from basicsr_ext.utils.training_state import get_rng_state, set_rng_state  # noqa: F401
+from basicsr_ext.utils.training_state import set_rng_state
 
 
 class ResumableEnlargedSampler(EnlargedSampler):
@@ -23,17 +21,25 @@ class ResumableEnlargedSampler(EnlargedSampler):
     (``(iter - epoch * batches_per_epoch) * batch_size``) and restores the RNG states saved with the state
     right before the first resumed sample is drawn, so a resumed run sees exactly the batches and random
     crops of an uninterrupted one (exact with ``num_worker_per_gpu: 0``; workers re-seed per epoch).
+
+    Args:
+        resume: ``{'epoch', 'iter', 'batch_size', 'rng'}`` (``rng``: this rank's saved RNG states or None);
+            used once, by the epoch it names.
     """
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, ratio: int = 1,
+                 resume: Mapping[str, Any] | None = None) -> None:
+        super().__init__(dataset, num_replicas, rank, ratio)
+        self.resume = resume
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        pending = _PENDING_RESUME.get('state')
-        if pending is not None and pending['epoch'] == self.epoch:
-            _PENDING_RESUME.clear()
-            batch = pending['batch_size']
+        point = self.resume
+        if point is not None and point['epoch'] == self.epoch:
+            self.resume = None
+            batch = point['batch_size']
             per_epoch = len(indices) // batch  # the loader drops the last incomplete batch
-            consumed = max(0, pending['iter'] - self.epoch * per_epoch) * batch
-            indices = indices[consumed:]
-            if pending.get('rng') is not None:
-                set_rng_state(pending['rng'])
+            indices = indices[max(0, point['iter'] - self.epoch * per_epoch) * batch:]
+            if point.get('rng') is not None:
+                set_rng_state(point['rng'])
         return iter(indices)

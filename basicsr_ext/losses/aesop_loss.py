@@ -10,45 +10,14 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-from basicsr.archs import build_network
-from basicsr.utils import get_root_logger
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from basicsr_ext.utils.checkpoint import CheckpointError, load_weights_into
+# the AE loader lives with the AE (the fidelity metric uses it too); the names stay importable here
+from basicsr_ext.archs.aesop_arch import DEFAULT_AUTOENCODER_ARCH, load_frozen_autoencoder  # noqa: F401
 
 _CRITERIA = {'l1': F.l1_loss, 'l2': F.mse_loss, 'mse': F.mse_loss}
-#: the AE block of every official config (``train.aesop_opt.autoencoder_arch``)
-DEFAULT_AUTOENCODER_ARCH = {'type': 'AESOPAutoEncoder', 'enc_opt': {'placeholder': 0},
-                            'dec_opt': {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64,
-                                        'num_block': 23, 'num_grow_ch': 32}}
-#: official arch names that mean our class
-_ARCH_ALIASES = {'AutoEncoder_RRDBNet': 'AESOPAutoEncoder'}
-
-
-def load_frozen_autoencoder(autoencoder_arch: Mapping[str, Any] | None,
-                            autoencoder_load: Mapping[str, Any] | None) -> nn.Module:
-    """Build the AE from its option dict, load ``{path, key}`` strictly, freeze it (no grad, eval).
-
-    Raises CheckpointError naming the path and key when the file is missing, lacks the key, or does not fit.
-    """
-    arch = dict(autoencoder_arch or DEFAULT_AUTOENCODER_ARCH)
-    arch['type'] = _ARCH_ALIASES.get(arch.get('type', 'AESOPAutoEncoder'), arch.get('type', 'AESOPAutoEncoder'))
-    net = build_network(arch)
-    if not autoencoder_load or not autoencoder_load.get('path'):
-        raise CheckpointError('AESOPLoss: autoencoder_load.path is required (the pretrained AE checkpoint, e.g. '
-                              'AE_RRDBdecoder_100K.pth with key params_ema); a random AE gives a meaningless loss')
-    path, key = str(autoencoder_load['path']), autoencoder_load.get('key', 'params_ema')
-    try:  # the one loader: weights-only, key -> params_ema -> params, official layout translated, strict
-        load_weights_into(net, path, key, strict=True, logger=get_root_logger())
-    except CheckpointError as e:
-        raise CheckpointError(f'AESOPLoss (autoencoder_load: path {path}, key {key!r}): {e}; '
-                              'check autoencoder_arch against the checkpoint') from None
-    for p in net.parameters():
-        p.requires_grad_(False)
-    get_root_logger().info(f'AESOPLoss: loaded the frozen auto-encoder from {path} (key {key!r}).')
-    return net.eval()
 
 
 @LOSS_REGISTRY.register()

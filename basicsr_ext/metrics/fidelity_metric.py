@@ -26,7 +26,7 @@ from basicsr.utils import tensor2img
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import METRIC_REGISTRY
 
-from basicsr_ext.losses.aesop_loss import DEFAULT_AUTOENCODER_ARCH, load_frozen_autoencoder
+from basicsr_ext.archs.aesop_arch import DEFAULT_AUTOENCODER_ARCH, load_frozen_autoencoder
 from basicsr_ext.metrics.metric_util import metric_needs_lq  # noqa: F401  (the needs_lq protocol)
 from basicsr_ext.metrics.pyiqa_metric import to_rgb_tensor
 from basicsr_ext.utils.tiling import tiled_forward

@@ -15,8 +15,8 @@ are ours.
 
 - The pyiqa network is created once per (metric, device, options) and cached, not per image.
 - ``better`` left out of the YAML is filled from pyiqa's ``lower_better`` by :func:`resolve_metric_better`,
-  which :func:`basicsr_ext.utils.options.parse_options` calls (BasicSR reads ``better`` when it tracks the
-  best value, and ``val.key_metric`` saves ``net_g_best.pth`` by it).
+  registered to run at the end of :func:`basicsr_ext.utils.options.parse_options` (BasicSR reads ``better``
+  when it tracks the best value, and ``val.key_metric`` saves ``net_g_best.pth`` by it).
 - pyiqa is an optional extra (``pip install basicsr_ext[metrics]``), imported on first use.
 - Offline, a metric whose weights are not cached fails once with :class:`MetricWeightsError`, naming the file
   and the folder to put it in (pyiqa's own files: ``torch.hub.get_dir()/pyiqa``; torchvision backbones:
@@ -35,6 +35,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 from basicsr.utils.registry import METRIC_REGISTRY
+
+from basicsr_ext.utils.options import register_option_resolver
 
 PYIQA_TYPES = ('pyiqa',)
 _CACHE: dict[tuple, Any] = {}
@@ -239,6 +241,7 @@ def lower_is_better(metric: str) -> bool:
     return bool(pyiqa_metric_info(metric).get('lower_better', False))
 
 
+@register_option_resolver
 def resolve_metric_better(opt: Mapping[str, Any]) -> Mapping[str, Any]:
     """Fill a missing ``better`` of every ``type: pyiqa`` entry of ``val.metrics`` from pyiqa's ``lower_better``.
 

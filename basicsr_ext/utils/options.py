@@ -15,7 +15,7 @@ import os.path as osp
 import random
 import re
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -292,6 +292,18 @@ def check_numbers(opt: dict, path: str, is_train: bool) -> None:
             need(f'{block}:{key}', value, 1, 'a positive number of iterations')
 
 
+#: functions that complete a parsed option dict in place, registered by the package that knows the keys (utils
+#: imports nothing above it): :func:`register_option_resolver`
+OPTION_RESOLVERS: list[Callable[[dict], Any]] = []
+
+
+def register_option_resolver(resolve: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    """Run ``resolve(opt)`` at the end of every :func:`parse_options` (once per function)."""
+    if resolve not in OPTION_RESOLVERS:
+        OPTION_RESOLVERS.append(resolve)
+    return resolve
+
+
 def parse_options(root_path: str, is_train: bool = True):
     """BasicSR 1.4.2's ``parse_options`` with the same flags and folders, on the safe loader."""
     import torch
@@ -373,8 +385,8 @@ def parse_options(root_path: str, is_train: bool = True):
         opt['path']['log'] = results_root
         opt['path']['visualization'] = osp.join(results_root, 'visualization')
     opt['opt_path'] = osp.abspath(args.opt)
-    from basicsr_ext.metrics.pyiqa_metric import resolve_metric_better  # lazy: metrics import utils
-    resolve_metric_better(opt)  # val.metrics.<name>.better of type: pyiqa entries from pyiqa's lower_better
+    for resolve in OPTION_RESOLVERS:  # e.g. val.metrics.<name>.better of pyiqa entries (metrics.pyiqa_metric)
+        resolve(opt)
     return opt, args
 
 

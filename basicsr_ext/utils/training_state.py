@@ -8,10 +8,10 @@
   ``weights_only=True`` loads them), a model's GradScaler and ``extra_training_state()`` when it has them;
 - it is written to a temporary file and renamed (:func:`basicsr_ext.utils.checkpoint.save_checkpoint`): a kill while
   saving leaves the previous state or none, never a half-written ``<iter>.state``;
-- on resume, the train sampler (``basicsr_ext.data.sampler.ResumableEnlargedSampler``) is armed through
-  :data:`PENDING_RESUME` to skip the samples the interrupted epoch consumed and restore the RNG states right
-  before the first resumed sample is drawn: with ``num_worker_per_gpu: 0`` a resumed run gives the weights of an
-  uninterrupted one bit for bit.
+- :func:`resume_point` tells the train sampler (``basicsr_ext.data.sampler.ResumableEnlargedSampler``, handed the
+  point by ``basicsr_ext.patches``) how to skip the samples the interrupted epoch consumed and which RNG states to
+  restore right before the first resumed sample is drawn: with ``num_worker_per_gpu: 0`` a resumed run gives the
+  weights of an uninterrupted one bit for bit.
 
 :func:`usable_state_problem` is what ``--auto_resume`` asks of each state, newest first (``basicsr_ext.compat``).
 """
@@ -25,10 +25,6 @@ import numpy as np
 import torch
 
 from basicsr_ext.utils.checkpoint import CheckpointError, save_checkpoint
-
-#: the resume the next train sampler epoch must continue: {'epoch', 'iter', 'batch_size', 'rng'}
-PENDING_RESUME: dict[str, Any] = {}
-
 
 def get_rng_state() -> dict[str, torch.Tensor]:
     """torch / numpy / python RNG states, all as tensors (loadable with weights_only=True)."""
@@ -89,7 +85,7 @@ def save_training_state(self: Any, epoch: int, current_iter: int) -> None:
 
 def resume_training(self: Any, resume_state: Mapping) -> None:
     """``BaseModel.resume_training``: optimizers and schedulers (a count mismatch is a CheckpointError naming the
-    state), GradScaler, the model's extra state, and the train sampler armed for an exact continuation."""
+    state), GradScaler, the model's extra state (the sampler gets :func:`resume_point` from the pipeline)."""
     where = (self.opt.get('path') or {}).get('resume_state') or 'the training state'
     for what, saved, own in (('optimizers', resume_state.get('optimizers'), self.optimizers),
                              ('schedulers', resume_state.get('schedulers'), self.schedulers)):
@@ -107,12 +103,18 @@ def resume_training(self: Any, resume_state: Mapping) -> None:
     load_extra = getattr(self, 'load_extra_training_state', None)
     if callable(load_extra):
         load_extra(resume_state.get('extra', {}))
+
+
+def resume_point(resume_state: Mapping | None, opt: Mapping) -> dict[str, Any] | None:
+    """Where the train sampler continues (None without a state): ``{'epoch', 'iter', 'batch_size', 'rng'}``, with
+    this rank's RNG states (``opt['rank']``) and the train set's ``batch_size_per_gpu``."""
+    if not resume_state:
+        return None
     rng_all = resume_state.get('rng') or []
-    rank = self.opt.get('rank', 0)
-    rng = rng_all[rank] if rank < len(rng_all) else None
-    train = (self.opt.get('datasets') or {}).get('train') or {}
-    PENDING_RESUME['state'] = {'epoch': resume_state['epoch'], 'iter': resume_state['iter'],
-                               'batch_size': train.get('batch_size_per_gpu', 1), 'rng': rng}
+    rank = opt.get('rank', 0)
+    train = (opt.get('datasets') or {}).get('train') or {}
+    return {'epoch': resume_state['epoch'], 'iter': resume_state['iter'],
+            'batch_size': train.get('batch_size_per_gpu', 1), 'rng': rng_all[rank] if rank < len(rng_all) else None}
 
 
 def usable_state_problem(state: Any, path: str, opt: Mapping) -> str | None:

@@ -32,12 +32,12 @@ def test_resumable_sampler_continues_the_interrupted_epoch():
     full.set_epoch(1)
     order = list(full)  # 20 indices, 5 batches of 4 per epoch
     batch, per_epoch = 4, 5
-    sampler._PENDING_RESUME['state'] = {'epoch': 1, 'iter': per_epoch + 3, 'batch_size': batch, 'rng': None}
-    resumed = sampler.ResumableEnlargedSampler(data, num_replicas=1, rank=0, ratio=2)
+    resumed = sampler.ResumableEnlargedSampler(data, num_replicas=1, rank=0, ratio=2, resume={
+        'epoch': 1, 'iter': per_epoch + 3, 'batch_size': batch, 'rng': None})
     resumed.set_epoch(1)
     assert list(resumed) == order[3 * batch:]
-    assert list(resumed) == order  # armed once only
-    assert not sampler._PENDING_RESUME
+    assert list(resumed) == order  # used once only
+    assert resumed.resume is None
 
 
 def test_ddp_ranks_get_distinct_samples():

@@ -233,7 +233,7 @@ def test_patch_safe_load_network(tmp_path, monkeypatch):
 
 def test_patch_atomic_exact_resume(tmp_path, monkeypatch):
     """BasicSR's save_network/save_training_state write under the final name (a kill leaves half a file there) and
-    keep no RNG state; ours write atomically, save the RNG states and arm the resumable sampler on resume."""
+    keep no RNG state; ours write atomically and save the RNG states (the resume point of the sampler)."""
     from basicsr.models.base_model import BaseModel
     from basicsr.models.sr_model import SRModel
 
@@ -276,8 +276,8 @@ def test_patch_atomic_exact_resume(tmp_path, monkeypatch):
         load_checkpoint(str(tmp_path / 'models' / 'net_g_7.pth'))
     model.opt['path']['resume_state'] = str(tmp_path / 'states' / '5.state')
     model.resume_training(state)
-    from basicsr_ext.data.sampler import _PENDING_RESUME
-    assert _PENDING_RESUME.pop('state') == {'epoch': 1, 'iter': 5, 'batch_size': 3, 'rng': state['rng'][0]}
+    assert training_state.resume_point(state, model.opt) == {'epoch': 1, 'iter': 5, 'batch_size': 3,
+                                                             'rng': state['rng'][0]}
     with pytest.raises(CheckpointError, match=r'5.state: holds 2 optimizers, the model \(BaseModel\) has 1'):
         model.resume_training(dict(state, optimizers=state['optimizers'] * 2))
 
@@ -446,8 +446,8 @@ def test_patch_resumable_sampler():
     full = btrain.EnlargedSampler(data, 1, 0, 2)
     full.set_epoch(1)
     order = list(full)
-    sampler._PENDING_RESUME['state'] = {'epoch': 1, 'iter': 5 + 2, 'batch_size': 4, 'rng': None}  # 5 batches/epoch
-    resumed = btrain.EnlargedSampler(data, 1, 0, 2)
+    resumed = btrain.EnlargedSampler(data, 1, 0, 2, resume={'epoch': 1, 'iter': 5 + 2, 'batch_size': 4,
+                                                            'rng': None})  # 5 batches/epoch
     resumed.set_epoch(1)
     assert list(resumed) == order[2 * 4:]
 
