@@ -66,6 +66,20 @@ class ResBlock(nn.Module):
         return h + skip
 
 
+def zero_init_residual_branches(module: nn.Module) -> None:
+    """Zero the last layer of every residual branch under ``module``: ``conv2`` of each :class:`ResBlock`, the
+    attention ``proj`` and ``mlp.fc2`` of each :class:`SwinBlock`. Not in the paper (the official code keeps
+    PyTorch's default initialisation); it is torchvision's ``zero_init_residual`` (Goyal et al. 2017). Every
+    residual block then starts as the identity, so a reduced deep tokenizer starts as a short conv chain
+    (convs, pixel (un)shuffles, 1x1 skips) and learns much faster at small scale (README "Scaling TVQ&RAP down")."""
+    for m in module.modules():
+        layers = (m.conv2,) if isinstance(m, ResBlock) else (m.attn.proj, m.mlp.fc2) if isinstance(m, SwinBlock) else ()
+        for layer in layers:
+            nn.init.zeros_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class Downsample(nn.Module):
     """conv3x3 C -> C/2 then PixelUnshuffle(2): H/2 x W/2 with 2C channels."""
 

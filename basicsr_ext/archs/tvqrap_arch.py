@@ -51,7 +51,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from basicsr_ext.archs.tvq_arch import BlockStack, TVQGenerator, VectorQuantizer, build_decoder, build_structure_path
-from basicsr_ext.archs.tvq_blocks import GN_GROUPS, Downsample, SwinLayers, check_multiple, lcm
+from basicsr_ext.archs.tvq_blocks import (GN_GROUPS, Downsample, SwinLayers, check_multiple, lcm,
+                                         zero_init_residual_branches)
 from basicsr_ext.archs.tvq_blocks import ResBlock as ResBlockBase
 from basicsr_ext.utils.tiling import pad_to_multiple
 from basicsr_ext.utils.checkpoint import CheckpointError, describe_key_mismatch, extract_state_dict, load_checkpoint
@@ -94,6 +95,8 @@ class TVQRAPNet(nn.Module):
         tokenizer_path / tokenizer_param_key: load blocks_1, blocks_3 and quantize from a stage-I checkpoint.
         fix_modules: frozen top-level modules (official ``['quantize', 'generator']``).
         norm_groups: groups of every GroupNorm (32 = official); must equal the tokenizer's ``norm_groups``.
+        zero_init_residual: start every residual branch at zero (``tvq_blocks.zero_init_residual_branches``; False =
+        official initialisation); the frozen tokenizer parts are then loaded over it.
     """
 
     def __init__(self, lq_ch: Sequence[int] = (64, 128), emb_dim: int = 256, low_ch: int = 128,
@@ -102,7 +105,8 @@ class TVQRAPNet(nn.Module):
                  ft_depths: Sequence[int] = (6, 6), gen_depth: int = 2, num_heads: int = 8, window_size: int = 8,
                  img_size: int = 64, pad_multiple: int | None = None, tokenizer_path: str | None = None,
                  tokenizer_param_key: str = 'params_ema',
-                 fix_modules: Sequence[str] = ('quantize', 'generator'), norm_groups: int = GN_GROUPS) -> None:
+                 fix_modules: Sequence[str] = ('quantize', 'generator'), norm_groups: int = GN_GROUPS,
+                 zero_init_residual: bool = False) -> None:
         super().__init__()
         ResBlock = partial(ResBlockBase, groups=norm_groups)  # noqa: N806
         self.norm_groups = norm_groups
@@ -131,6 +135,8 @@ class TVQRAPNet(nn.Module):
             ResBlock(emb_dim))
         self.ft_layers_low = SwinLayers(emb_dim, r2, ft_depths, num_heads, window_size, conv=False)
         self.idx_pred_layer_low = nn.Sequential(nn.LayerNorm(emb_dim), nn.Linear(emb_dim, codebook_size, bias=False))
+        if zero_init_residual:
+            zero_init_residual_branches(self)
         self.fix_modules = tuple(fix_modules)
         for name in self.fix_modules:
             for p in getattr(self, name).parameters():
