@@ -19,8 +19,13 @@ venv: $(BIN)/.installed
 quickstart: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/quickstart.py
 
+# the full suite (what CI runs)
 test: venv
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=15 tests
+
+# everything but the end-to-end tests that start Python subprocesses (pytest marker e2e, see pytest.ini)
+test-fast: venv
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not e2e" --durations=15 tests
 
 clean:
 	rm -rf $(VENV) quickstart_out

@@ -109,7 +109,7 @@ def make_metric(name: str, crop_border: int, scale: int, device: str | None,
     (the registry, as in validation). Raises MetricUnavailableError up front (weights missing, offline)."""
     from basicsr.metrics import calculate_metric
 
-    from basicsr_ext.metrics.fidelity_metric import metric_needs_lq
+    from basicsr_ext.metrics.metric_util import metric_needs_lq
     opt = metric_option(name, crop_border, scale, device, ae_weights)
     if opt['type'] == 'calculate_ae_psnr':
         if not ae_weights:

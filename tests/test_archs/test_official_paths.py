@@ -291,6 +291,7 @@ def test_tokenizer_path_fills_the_frozen_parts_identically(tvqrap_model, release
 
 
 # ------------------------------------------------------------------------------------------------ 3. inference CLI
+@pytest.mark.e2e
 def test_infer_cli_with_the_released_file(tvqrap_model, released, tmp_path, capsys):
     """``basicsr-ext-infer --arch TVQRAPNet --weights <released file>`` on PNGs of the golden LR.
 

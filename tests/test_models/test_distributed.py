@@ -7,6 +7,8 @@ import pytest
 
 from tests import harness
 
+pytestmark = pytest.mark.e2e  # starts Python subprocesses (entry points, fresh interpreters)
+
 
 def _sr_options(data, name, iters=6):
     return {

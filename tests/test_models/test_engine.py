@@ -65,6 +65,7 @@ def test_fp32_block_disables_autocast():
             assert lin(x.float()).dtype == torch.float32
 
 
+@pytest.mark.e2e
 def test_kill_during_atomic_save_keeps_previous_checkpoint(tmp_path):
     path = tmp_path / 'net_g_latest.pth'
     atomic_save({'params': {'w': torch.ones(3)}}, str(path))
@@ -84,6 +85,7 @@ def test_kill_during_atomic_save_keeps_previous_checkpoint(tmp_path):
     assert torch.equal(load_checkpoint(str(path))['params']['w'], torch.ones(3))
 
 
+@pytest.mark.e2e
 def test_unknown_train_key_fails_before_training_with_a_suggestion(tmp_path):
     from tests import harness
     data = harness.make_paired_folders(str(tmp_path / 'data'), n=2, size=64)
@@ -99,6 +101,7 @@ def test_unknown_train_key_fails_before_training_with_a_suggestion(tmp_path):
     assert not list((tmp_path / 'experiments').glob('*/models/*.pth'))
 
 
+@pytest.mark.e2e
 def test_forced_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     from tests import harness
     data = harness.make_paired_folders(str(tmp_path / 'data'), n=2, size=64)

@@ -8,6 +8,8 @@ import torch
 
 from tests import harness
 
+pytestmark = pytest.mark.e2e  # starts Python subprocesses (entry points, fresh interpreters)
+
 K = 3
 
 

@@ -13,6 +13,7 @@ from basicsr_ext import autoload
 from tests.test_plugin.children import ROOT, run_python
 
 
+@pytest.mark.e2e
 def test_startup_imports_neither_torch_nor_basicsr_ext(tmp_path):
     code = ('import json, sys; print(json.dumps({"heavy": sorted(m for m in ("torch", "basicsr", "basicsr_ext", '
             '"torchvision", "numpy") if m in sys.modules), "hooked": any(getattr(f, "basicsr_ext_autoload", False) '
@@ -24,6 +25,7 @@ def test_startup_imports_neither_torch_nor_basicsr_ext(tmp_path):
     assert json.loads(out.stdout) == {'heavy': [], 'hooked': False}
 
 
+@pytest.mark.e2e
 def test_first_import_of_a_basicsr_submodule_brings_everything(tmp_path):
     """`import basicsr.train` as the very first import: basicsr is imported once, with our patches and components,
     and the basicsr module is the ordinary one (its own spec and loader)."""
@@ -52,6 +54,7 @@ print(json.dumps({
     assert got['parse_options'].startswith('basicsr_ext.')
 
 
+@pytest.mark.e2e
 def test_opt_out_leaves_stock_basicsr(tmp_path):
     """BASICSR_EXT_AUTOLOAD=0: no hook, `import basicsr` is stock BasicSR. (On a stack where stock basicsr cannot
     import torchvision, the two torchvision entries of patches.py, loaded on their own, make it importable.)"""
@@ -74,6 +77,7 @@ print(json.dumps({{'ours_loaded': 'basicsr_ext' in sys.modules, 'registered': 'T
         'load_resume_state': 'basicsr.train'}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('entry', ['basicsr.train', 'basicsr.test'])
 def test_hostile_yaml_refused_by_stock_entry_points(tmp_path, entry):
     sentinel = tmp_path / 'pwned'
@@ -98,6 +102,7 @@ def test_pth_install_is_idempotent_and_uninstall_removes(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.e2e
 def test_stale_hook_steps_aside(tmp_path):
     """The .pth left behind after basicsr_ext was uninstalled: `import basicsr` is stock, no error of ours."""
     import sysconfig

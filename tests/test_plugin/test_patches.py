@@ -52,6 +52,7 @@ def test_every_entry_is_described_applied_once_and_tested():
     assert flags == sorted(flags, reverse=True) and flags[0]
 
 
+@pytest.mark.e2e
 def test_python_m_patches_prints_the_list():
     out = subprocess.run([sys.executable, '-m', 'basicsr_ext.patches'], capture_output=True, text=True, cwd=ROOT,
                          timeout=180, env=dict(os.environ, OMP_NUM_THREADS='1'))
@@ -106,6 +107,7 @@ def test_nothing_outside_patches_changes_basicsr():
 
 
 # ---- one test per entry ------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_patch_torchvision_ops():
     """Without it, on this stack, `import torchvision` (so `import basicsr`) crashes; with it nms is the greedy one."""
     import torchvision
@@ -132,6 +134,7 @@ def test_patch_functional_tensor():
     assert ft.rgb_to_grayscale(img).shape == (1, 1, 4, 4)
 
 
+@pytest.mark.e2e
 def test_patch_dist_cpu():
     """--launcher pytorch on CPU: basicsr's init_dist divides by cuda.device_count() == 0 without the patch."""
     import basicsr.utils.dist_util as dist_util

@@ -15,6 +15,8 @@ import basicsr
 from tests import harness
 from tests.test_plugin.children import ROOT, run_ok
 
+pytestmark = pytest.mark.e2e  # every test starts Python subprocesses (entry points, fresh interpreters)
+
 QUICKSTART = os.path.join(ROOT, 'options', 'quickstart')
 SITE = os.path.dirname(os.path.dirname(os.path.abspath(basicsr.__file__)))
 

@@ -97,6 +97,7 @@ def _kill_after_complete_state(out, it, timeout=300):
         proc.stderr.close()
 
 
+@pytest.mark.e2e
 def test_quickstart_layout_and_baseline_learns_and_resumes(qs_out):
     out, qs = qs_out
     import lmdb
@@ -204,6 +205,7 @@ def test_figures_colour_shift_and_sharpness():
     assert laplacian_ratio(noisy, gt) > 1
 
 
+@pytest.mark.e2e
 def test_shortened_quickstart_reports_figures_and_writes_the_sheet(qs_out, monkeypatch, capsys):
     """scripts/quickstart.py (the baseline stage at 1 % of its iterations): every column, the JSON and the sheet."""
     out, qs = qs_out

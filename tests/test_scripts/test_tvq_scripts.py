@@ -9,6 +9,7 @@ def _script(name: str):
     return load_script(f'{group}/{name}')
 
 
+@pytest.mark.e2e
 def test_fig1c_prints_a_row_per_size_and_method_and_writes_the_plot(tmp_path, capsys):
     plot = tmp_path / 'fig1c.png'
     assert _script('fig1c_tvq_vs_vq').main(['--iters', '1', '--sizes', '8', '16', '--batch', '1', '--threads', '1',
@@ -19,6 +20,7 @@ def test_fig1c_prints_a_row_per_size_and_method_and_writes_the_plot(tmp_path, ca
     assert plot.stat().st_size > 1000
 
 
+@pytest.mark.e2e
 def test_rap_ablation_compares_both_branches(capsys):
     assert _script('rap_ablation').main(['--tok-iters', '1', '--stage2-iters', '1', '--iters', '1', '--batch', '1',
                                          '--threads', '1']) == 0

@@ -16,6 +16,8 @@ import basicsr_ext
 from tests import harness
 from tests.test_untrusted import stock
 
+pytestmark = pytest.mark.e2e  # every test starts Python subprocesses (entry points, fresh interpreters)
+
 NAME = 'launch'
 
 

@@ -121,6 +121,7 @@ def test_fuzz_checkpoint_loader(tmp_path, seed):
     assert outcomes.get('refused', 0) > N_CASES // 4  # the fuzzer does reach the error paths
 
 
+@pytest.mark.e2e
 def test_code_carrying_pickles_never_run(tmp_path):
     sentinel = str(tmp_path / 'SENTINEL')
     payloads = {

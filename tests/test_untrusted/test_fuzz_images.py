@@ -22,6 +22,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FUZZ_MAX_PIXELS = 4096 * 4096
 
+pytestmark = pytest.mark.e2e  # every test starts Python subprocesses (entry points, fresh interpreters)
+
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)

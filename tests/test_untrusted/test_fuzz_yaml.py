@@ -133,6 +133,7 @@ def test_fuzz_mutated_option_files(tmp_path, monkeypatch, capsys, seed):
     assert counts.get('refused', 0) > N_CASES // 5 and counts.get('parsed', 0) > N_CASES // 20, counts
 
 
+@pytest.mark.e2e
 def test_hostile_tags_never_run(tmp_path, monkeypatch):
     sentinel = str(tmp_path / 'SENTINEL')
     payloads = [

@@ -49,6 +49,7 @@ def _cli(*args):
     return stock.run(INFER, list(args), os.getcwd())
 
 
+@pytest.mark.e2e
 def test_output_over_input_refused_unless_overwrite(tmp_path, weights):
     src = tmp_path / 'photos'
     before = _images(src)
@@ -62,6 +63,7 @@ def test_output_over_input_refused_unless_overwrite(tmp_path, weights):
     assert cv2.imread(str(src / 'im0.png')).shape == (24, 20, 3)  # replaced, as asked
 
 
+@pytest.mark.e2e
 def test_output_naming_a_file_and_bad_numbers_refused(tmp_path, weights, capsys):
     src = tmp_path / 'photos'
     _images(src, 1)
@@ -116,6 +118,7 @@ def _png_header(width, height):
         chunk(b'IEND', b'')
 
 
+@pytest.mark.e2e
 def test_huge_image_refused_from_its_header(tmp_path, weights, monkeypatch, capsys):
     src = tmp_path / 'in'
     _images(src, 1)
@@ -138,6 +141,7 @@ def test_huge_image_refused_from_its_header(tmp_path, weights, monkeypatch, caps
     assert buffers < 4 * 1024 ** 3 and maps < 50 * 1024 ** 2  # tiled: feature maps of one tile
 
 
+@pytest.mark.e2e
 def test_non_finite_output_not_written_and_weights_refused(tmp_path, weights):
     src = tmp_path / 'in'
     _images(src, 1)

@@ -36,6 +36,7 @@ def _yaml(opt):
     return yaml.safe_dump(opt, sort_keys=False)
 
 
+@pytest.mark.e2e
 def test_yaml11_number_strings_become_numbers(tmp_path, data):
     """Written as users write them: PyYAML reads 1e-3 and 4e5 as strings."""
     opt = stock.sr_options(data, 'lr_string')
@@ -82,6 +83,7 @@ def test_option_file_over_1_mb_refused_with_its_size(tmp_path, monkeypatch):
         _parse(tmp_path, monkeypatch, text)
 
 
+@pytest.mark.e2e
 def test_cli_refusals_are_the_last_line(tmp_path, data):
     opt = stock.sr_options(data, 'cli')
     opt['train']['total_iter'] = 0
@@ -94,6 +96,7 @@ def test_cli_refusals_are_the_last_line(tmp_path, data):
     assert not (tmp_path / 'experiments').exists()
 
 
+@pytest.mark.e2e
 def test_option_dump_goes_to_the_log_file_only(tmp_path, data):
     """An error found after the logger started (weights with NaN: found when the model loads them) is the last
     line; the ~200-line option dump is in the log file, not on the console."""

@@ -10,6 +10,8 @@ import torch
 from tests import harness
 from tests.test_untrusted import stock
 
+pytestmark = pytest.mark.e2e  # starts Python subprocesses (entry points, fresh interpreters)
+
 NAME = 'all_or_none'
 
 

@@ -2,10 +2,13 @@
 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says, and refuse NaN/inf weights naming the tensor (stock SRModel, train.py)."""
 import os
 
+import pytest
 import torch
 
 from tests import harness
 from tests.test_untrusted import stock
+
+pytestmark = pytest.mark.e2e  # starts Python subprocesses (entry points, fresh interpreters)
 
 
 def _tiny(tmp_path, name, pretrain):

@@ -8,10 +8,13 @@ num_worker_per_gpu 0).
 """
 import os
 
+import pytest
 import torch
 
 from tests import harness
 from tests.test_untrusted import stock
+
+pytestmark = pytest.mark.e2e  # starts Python subprocesses (entry points, fresh interpreters)
 
 
 def _opt(data, name, iters):

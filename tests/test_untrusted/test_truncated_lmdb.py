@@ -8,6 +8,7 @@ import sys
 import cv2
 import lmdb
 import numpy as np
+import pytest
 
 from tests import harness
 from tests.test_untrusted import stock
@@ -77,6 +78,7 @@ except DatasetError as e:
 '''
 
 
+@pytest.mark.e2e
 def test_truncated_data_mdb_refused_at_build_never_sigbus(tmp_path):
     dbs = _pair(str(tmp_path))
     out = subprocess.run([sys.executable, '-c', SWEEP, dbs['gt'], dbs['lq'], str(tmp_path)], env=harness.env(),
@@ -85,6 +87,7 @@ def test_truncated_data_mdb_refused_at_build_never_sigbus(tmp_path):
     assert 'REFUSED 11 OF 11' in out.stdout and 'UNCHECKED REFUSED True' in out.stdout, out.stdout
 
 
+@pytest.mark.e2e
 def test_training_on_truncated_lmdb_is_one_line_not_sigbus(tmp_path):
     dbs = _pair(str(tmp_path))
     size = os.path.getsize(os.path.join(dbs['gt'], 'data.mdb'))
@@ -97,6 +100,7 @@ def test_training_on_truncated_lmdb_is_one_line_not_sigbus(tmp_path):
     assert not models.exists() or not os.listdir(models)
 
 
+@pytest.mark.e2e
 def test_intact_lmdb_still_trains(tmp_path):
     dbs = _pair(str(tmp_path))
     opt = stock.sr_options(dbs, 'lmdb_ok', io_backend={'type': 'lmdb'})

@@ -43,6 +43,7 @@ def test_hostile_tags_refused_with_line(tmp_path, payload):
     assert not sentinel.exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('entry', ['train.py', 'test.py'])
 def test_entry_points_refuse_payload_without_running_it(tmp_path, entry):
     sentinel = tmp_path / 'pwned'

@@ -3,6 +3,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # starts Python subprocesses (entry points, fresh interpreters)
+
 EXPECTED = {
     'arch': {'AESOPAutoEncoder', 'TVQTokenizer', 'TVQRAPNet', 'TVQPatchGANDiscriminator'},
     'model': {'AESOPAutoEncoderModel', 'AESOPESRGANModel', 'AESOPRealESRGANModel', 'TVQTokenizerModel', 'TVQRAPModel'},
