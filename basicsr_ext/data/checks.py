@@ -418,42 +418,40 @@ def check_paired(ctx: _Ctx) -> None:
         ctx.gt_size(gt_file, gt_shape)
 
 
+def _check_one_folder(ctx: _Ctx, key: str, use_meta: bool, meta_key: str = 'meta_info_file',
+                      recursive: bool = False) -> None:
+    """A one-folder dataset: its LMDB checked whole, or the images its meta file names (``use_meta``) or its folder
+    holds, decoded for their sizes."""
+    if ctx.backend == 'lmdb':
+        ctx.lmdb(key)
+        return
+    root = ctx.folder(key)
+    if use_meta:
+        files = [f for f, _ in ctx.meta_file(meta_key, root)]
+    else:
+        files = [osp.join(root, n) for n in _folder_images(ctx, key, recursive)]
+    ctx.sizes(files)
+
+
 @register_dataset_check('SingleImageDataset')
 def check_single(ctx: _Ctx) -> None:
-    if ctx.backend == 'lmdb':
-        ctx.lmdb('dataroot_lq')
-        return
-    root = ctx.folder('dataroot_lq')
-    if 'meta_info_file' in ctx.opt:  # BasicSR tests the key's presence, not its value
-        files = [f for f, _ in ctx.meta_file('meta_info_file', root)]
-    else:
-        files = [osp.join(root, n) for n in _folder_images(ctx, 'dataroot_lq')]
-    ctx.sizes(files)
+    # BasicSR tests the key's presence, not its value
+    _check_one_folder(ctx, 'dataroot_lq', use_meta='meta_info_file' in ctx.opt)
 
 
 @register_dataset_check('RealESRGANDataset')
 def check_realesrgan(ctx: _Ctx) -> None:
-    if ctx.backend == 'lmdb':
-        ctx.lmdb('dataroot_gt')
-        return
-    root = ctx.folder('dataroot_gt')
-    if ctx.opt.get('meta_info') is None:
-        raise ctx.err("option meta_info is missing: RealESRGANDataset reads its GT list from 'meta_info' "
-                      "(note: not 'meta_info_file')")
-    ctx.sizes([f for f, _ in ctx.meta_file('meta_info', root)])
+    if ctx.backend != 'lmdb':
+        ctx.folder('dataroot_gt')  # a missing folder is named first
+        if ctx.opt.get('meta_info') is None:
+            raise ctx.err("option meta_info is missing: RealESRGANDataset reads its GT list from 'meta_info' "
+                          "(note: not 'meta_info_file')")
+    _check_one_folder(ctx, 'dataroot_gt', use_meta=True, meta_key='meta_info')
 
 
 @register_dataset_check('GTOnlyDataset')
 def check_gt_only(ctx: _Ctx) -> None:
-    if ctx.backend == 'lmdb':
-        ctx.lmdb('dataroot_gt')
-        return
-    root = ctx.folder('dataroot_gt')
-    if ctx.opt.get('meta_info_file'):
-        files = [f for f, _ in ctx.meta_file('meta_info_file', root)]
-    else:
-        files = [osp.join(root, n) for n in _folder_images(ctx, 'dataroot_gt', recursive=True)]
-    ctx.sizes(files)
+    _check_one_folder(ctx, 'dataroot_gt', use_meta=bool(ctx.opt.get('meta_info_file')), recursive=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
