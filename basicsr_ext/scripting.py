@@ -123,6 +123,28 @@ def training_options(path: str, workdir: str, num_gpu: int = 0, pretrained: bool
     return opt
 
 
+def random_frozen_checkpoints(opt: dict, workdir: str) -> dict:
+    """Point the frozen networks an option file loads from disk at random checkpoints saved in ``workdir`` (in
+    place; returns ``opt``): the AESOP loss's auto-encoder (``train.aesop_opt.autoencoder_load``) and the TVQ&RAP
+    stage-I tokenizer (``network_tok`` + ``path.pretrain_network_tok``). For step timings and smoke checks only:
+    a random frozen network costs the same as a trained one but its loss means nothing."""
+    from basicsr.archs import build_network
+
+    from basicsr_ext.utils.checkpoint import atomic_save
+    aesop = (opt.get('train') or {}).get('aesop_opt')
+    if aesop:
+        arch = dict(aesop.get('autoencoder_arch') or {'type': 'AESOPAutoEncoder'})
+        arch.setdefault('type', 'AESOPAutoEncoder')
+        path = osp.join(workdir, 'random_aesop_ae.pth')
+        atomic_save({'params_ema': build_network(arch).state_dict()}, path)
+        aesop['autoencoder_load'] = {'path': path, 'key': 'params_ema'}
+    if opt.get('network_tok'):
+        path = osp.join(workdir, 'random_tokenizer.pth')
+        atomic_save({'params_ema': build_network(dict(opt['network_tok'])).state_dict()}, path)
+        opt.setdefault('path', {}).update(pretrain_network_tok=path, tok_param_key='params_ema')
+    return opt
+
+
 def quickstart_options(file: str, workdir: str, **network_overrides: Any) -> dict:
     """``options/quickstart/<file>`` as :func:`training_options`, ``network_g`` updated with ``network_overrides``
     and EMA off: the in-memory paper demonstrations (Fig. 1c, RAP ablation) score the trained weights."""

@@ -41,7 +41,6 @@ import basicsr_ext  # noqa: F401  (compat first)
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from basicsr_ext.infer import Upscaler, build_sr_network
@@ -278,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--compile', action='store_true', help='add torch.compile rows (slow to compile on a CPU)')
     parser.add_argument('--force-bf16', action='store_true', help='run bf16 rows even where bf16 is emulated')
     parser.add_argument('--cli', action='store_true', help='time basicsr-ext-infer vs the best path')
+    parser.add_argument('--cli-sizes', type=int, nargs='+', default=None,
+                        help='LR sides of the CLI comparison (default: all --sizes)')
     parser.add_argument('--tiled-8k', action='store_true', help='2048² -> 8192² through the CLI with --tile')
     parser.add_argument('--tile', type=int, default=512, help='tile side of --tiled-8k (%(default)s)')
     args = parser.parse_args(argv)
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         precisions = sorted({auto, 'fp32'} | ({'bf16'} if device.type == 'cuda' or P.cpu_has_bf16() else set()))
         with tempfile.TemporaryDirectory(prefix='bench_infer_') as work:
             for key in args.nets:
-                for size in args.sizes:
+                for size in [s for s in (args.cli_sizes or args.sizes) if s in best[key]]:
                     for prec in precisions:
                         first, warm = upscaler_latency(key, size, prec, device, args.reps)
                         cli = run_cli(key, size, prec, device, work, args.threads)
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                                          fmt(1000 * warm, '.0f'), fmt(1000 * first, '.0f'), fmt(1000 * per, '.0f'),
                                          fmt(1000 * ref, '.0f'), fmt(per / ref, '.2f', unit='x')])
                         print(f'  CLI {key} {size}² {prec}: {per:.2f} s/image', flush=True)
-        print(f'\n### basicsr-ext-infer vs the best path (3 same-size photos per run)\n')
+        print('\n### basicsr-ext-infer vs the best path (3 same-size photos per run)\n')
         print(markdown_table(['net', 'LR', 'precision', 'Upscaler warm (ms)', 'Upscaler first (ms)',
                               'CLI per image (ms)', 'best path (ms)', 'CLI / best'], cli_rows, align='lllrrrrr'))
     if args.tiled_8k:
