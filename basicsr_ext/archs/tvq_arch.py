@@ -97,6 +97,18 @@ class BlockStack(nn.Module):
             x = blk(x)
         return x
 
+    def forward_with_tap(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run every block; return (output, output of ``blocks[index]``) - the encoder's skip tap
+        (x_low of the tokenizer, y_low of the predictor, paper notes §2-§3)."""
+        tapped = None
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i == index:
+                tapped = x
+        if tapped is None:
+            raise IndexError(f'tap index {index} is outside the {len(self.blocks)} blocks')
+        return x, tapped
+
 
 def build_structure_path(structure_ch: int, mid_ch: int, emb_dim: int, img_size: int, num_heads: int,
                          window_size: int, depth: int = 2, norm_groups: int = GN_GROUPS) -> nn.Sequential:
@@ -255,12 +267,7 @@ class TVQTokenizer(nn.Module):
         """x in [0, 1] (B, 3, H, W) -> dict(indices, structure_latent, texture_skip, structure_feature,
         texture_feature, quant, codebook_loss) (all latents in the official space)."""
         check_multiple(x01.shape[-2], x01.shape[-1], self.size_multiple, 'TVQTokenizer input')
-        h = x01 * 2 - 1
-        x_low = None
-        for i, blk in enumerate(self.encoder.blocks):
-            h = blk(h)
-            if i == self.xlow_index:
-                x_low = h
+        h, x_low = self.encoder.forward_with_tap(x01 * 2 - 1, self.xlow_index)
         if self.structure:
             structure_latent = h
             s = self.generator.blocks_1(structure_latent)

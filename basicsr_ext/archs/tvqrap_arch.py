@@ -201,12 +201,7 @@ class TVQRAPNet(nn.Module):
         """LR in [0, 1] (B, 3, h, w), h, w multiples of 32 -> dict(logits (B, h/2*w/2, K) row-major,
         structure_latent_pred F^L_hat (B, 64, h/8, w/8), structure_feature S_hat (B, 256, h/2, w/2))."""
         check_multiple(lr01.shape[-2], lr01.shape[-1], self.size_multiple, 'TVQRAPNet LR input')
-        x = lr01 * 2 - 1
-        y_low = None
-        for i, blk in enumerate(self.lqencoder.blocks):
-            x = blk(x)
-            if i == self.ylow_index:
-                y_low = x
+        x, y_low = self.lqencoder.forward_with_tap(lr01 * 2 - 1, self.ylow_index)
         f_l = self.exactor(x)
         s = self.generator.blocks_1(f_l)
         feat = self.ft_layers_low(self.blocks_fuse(torch.cat([s.detach(), y_low], dim=1)))
