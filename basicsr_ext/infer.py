@@ -24,7 +24,8 @@
   that cannot fit is skipped with the figure and the advice (``--tile``) instead of swapping or being killed.
 - Precision: ``--precision auto|fp32|bf16|fp16`` (``basicsr_ext.utils.precision``; ``auto``, the default: bf16 on a
   CPU with AMX / avx512_bf16, fp16 on CUDA, fp32 elsewhere; ``--bf16`` / ``--half`` are deprecated aliases).
-  channels_last for net and input with bf16/fp16 and on CUDA (``--channels-last on|off`` overrides). The network is
+  channels_last for net and input on CPU and CUDA (``--channels-last on|off`` overrides; a network that cannot
+  take a channels_last input falls back to NCHW with one log line). The network is
   set up once; a folder of same-size images pays oneDNN's primitive creation on the first image only.
 - An output holding NaN/inf values (a network that overflows, e.g. in fp16) is not written: the image counts as
   failed. The weights file and the key the weights came from are logged; non-finite weights are refused.
@@ -167,6 +168,7 @@ class Upscaler:
         self.amp_dtype = None if self.precision == 'fp32' else precision_dtype(self.precision)
         self.channels_last = (prefers_channels_last(self.device, self.precision) if channels_last is None
                               else bool(channels_last))
+        self.channels_last_auto = channels_last is None
         if self.channels_last:
             to_channels_last(self.net)
         cast_matmul_weights(self.net, self.precision)
@@ -182,7 +184,16 @@ class Upscaler:
         if self.channels_last:
             x = channels_last_input(x)
         with inference_autocast(self.device, self.precision):
-            return self.net(x)
+            try:
+                return self.net(x)
+            except RuntimeError as e:  # e.g. ``.view`` on a 4-D map: this network needs NCHW
+                if not (self.channels_last and self.channels_last_auto and 'view' in str(e)):
+                    raise
+                logger.warning(f'channels_last: {type(self.net).__name__} cannot take a channels_last input '
+                               f'({str(e).splitlines()[0][:120]}); running it in NCHW')
+                self.channels_last = False
+                self.net.to(memory_format=torch.contiguous_format)
+                return self.net(x.contiguous())
 
     def memory_needed(self, width: int, height: int) -> tuple[int, int]:
         """(bytes for the image buffers in RAM, bytes for the network's feature maps in RAM) to upscale a
@@ -316,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     prec.add_argument('--half', action='store_true', help='deprecated: --precision fp16')
     prec.add_argument('--bf16', action='store_true', help='deprecated: --precision bf16')
     p.add_argument('--channels-last', choices=('auto', 'on', 'off'), default='auto',
-                   help='memory format of the net and input (auto: on for bf16/fp16 and on CUDA)')
+                   help='memory format of the net and input (auto: on for CPU and CUDA, NCHW for a net that '
+                        'cannot take it)')
     p.add_argument('--max-pixels', type=int, default=None,
                    help='refuse inputs larger than this many pixels (default 20000*20000, env BASICSR_EXT_MAX_PIXELS)')
     p.add_argument('--no-progress', action='store_true', help='no tqdm progress bar')

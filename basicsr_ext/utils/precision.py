@@ -141,13 +141,13 @@ def fp32_region():
 
 
 def prefers_channels_last(device: str | torch.device | None, precision: str) -> bool:
-    """The channels_last policy ("whenever it helps"; the figures are in ``scripts/bench/bench_infer.py``):
-    on for bf16/fp16 (oneDNN on AMX/avx512_bf16 CPUs and CUDA tensor cores run NHWC directly) and for fp32 on
-    CUDA; off for fp32 on a CPU, where it moves little either way (1.10x on an AMX Xeon, <= 1x on AVX2 EPYC)."""
-    dev = _device(device)
-    if precision in ('bf16', 'fp16'):
-        return True
-    return dev.type == 'cuda'
+    """The channels_last policy ("whenever it helps"; figures from ``scripts/bench/bench_infer.py``): on for CPUs
+    and CUDA in every precision, off elsewhere (MPS...). bf16/fp16: oneDNN on AMX / avx512_bf16 CPUs and CUDA
+    tensor cores run NHWC directly (TVQ&RAP 64² bf16 2.14x -> 3.59x over fp32 on an AMX Xeon). fp32 on a CPU:
+    1.10x on that Xeon; 1.05-1.4x for TVQ&RAP and 0.9-1.3x for RRDBNet on a 2-core AVX2 EPYC (noisy, shared
+    cores), 1.6x for a single 128-channel 3x3 convolution. A network whose code cannot take a channels_last
+    input (``.view`` on a 4-D map) falls back to NCHW in :class:`basicsr_ext.infer.Upscaler`."""
+    return _device(device).type in ('cpu', 'cuda')
 
 
 def to_channels_last(net: torch.nn.Module) -> torch.nn.Module:

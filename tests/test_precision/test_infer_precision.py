@@ -40,7 +40,7 @@ def test_bf16_alias_is_precision_bf16_and_says_it_is_deprecated(setup, capsys):
     assert 'precision bf16, channels_last' in err and 'deprecated' not in err
     assert infer.main([*base, '-o', str(tmp / 'old'), '--bf16']) == 0
     assert '--bf16 is deprecated: use --precision bf16' in capsys.readouterr().err
-    assert infer.main([*base, '-o', str(tmp / 'fp32'), '--precision', 'fp32']) == 0
+    assert infer.main([*base, '-o', str(tmp / 'fp32'), '--precision', 'fp32', '--channels-last', 'off']) == 0
     assert 'precision fp32, NCHW' in capsys.readouterr().err
     for name in ('p0_out.png', 'p1_out.png'):
         new, _ = read_image(str(tmp / 'new' / name))
@@ -63,7 +63,7 @@ def test_auto_follows_the_cpu(setup, capsys, monkeypatch):
     tmp, base = setup
     monkeypatch.setattr(P, 'cpu_flags', lambda path='/proc/cpuinfo': frozenset({'avx2'}))
     assert infer.main([*base, '-o', str(tmp / 'a')]) == 0  # --precision auto is the default
-    assert 'precision fp32, NCHW' in capsys.readouterr().err
+    assert 'precision fp32, channels_last' in capsys.readouterr().err
     monkeypatch.setattr(P, 'cpu_flags', lambda path='/proc/cpuinfo': frozenset({'amx_bf16', 'avx512_bf16'}))
     assert infer.main([*base, '-o', str(tmp / 'b'), '--channels-last', 'off']) == 0
     err = capsys.readouterr().err
@@ -110,3 +110,32 @@ def test_a_folder_pays_the_set_up_once():
     assert out.shape == (80, 96, 3) and out.dtype == np.float32
     assert calls == [(torch.float32, True, True)] * 3
     assert net.conv_first.weight.data_ptr() == ptr
+
+
+class ViewNet(torch.nn.Module):
+    """A network that flattens a 4-D map with ``.view`` (fails on a channels_last input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 12, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        b, c, h, w = y.shape
+        y = y.view(b, c * h * w).view(b, c, h, w)  # C merged with H: needs NCHW
+        return torch.nn.functional.pixel_shuffle(y, 2)
+
+
+def test_a_net_that_cannot_take_channels_last_falls_back_to_nchw(caplog):
+    img = data.astronaut()[:16, :16].astype(np.float32) / 255
+    ref = infer.Upscaler(ViewNet(), scale=2, device='cpu', channels_last=False)(img)
+    torch.manual_seed(0)
+    up = infer.Upscaler(ViewNet(), scale=2, device='cpu')  # auto: channels_last on a CPU
+    assert up.channels_last
+    with caplog.at_level('WARNING', logger='basicsr_ext.infer'):
+        out = up(img)
+    assert not up.channels_last and 'running it in NCHW' in caplog.text
+    assert np.allclose(out, ref, atol=1e-6)
+    forced = infer.Upscaler(ViewNet(), scale=2, device='cpu', channels_last=True)
+    with pytest.raises(RuntimeError, match='view'):
+        forced(img)  # asked for explicitly: the error is not hidden

@@ -70,8 +70,8 @@ def test_channels_last_helpers_and_policy():
     y = net(x)
     assert torch.allclose(y, net(torch.rand(1, 3, 8, 8).copy_(x)), atol=1e-6)
     assert P.channels_last_input(torch.rand(3, 8)).dim() == 2
-    assert P.prefers_channels_last('cpu', 'bf16') and not P.prefers_channels_last('cpu', 'fp32')
-    assert P.prefers_channels_last('cuda', 'fp32')
+    assert P.prefers_channels_last('cpu', 'bf16') and P.prefers_channels_last('cpu', 'fp32')
+    assert P.prefers_channels_last('cuda', 'fp16') and not P.prefers_channels_last('mps', 'fp32')
 
 
 def test_warm_up_runs_the_function_under_no_grad():
