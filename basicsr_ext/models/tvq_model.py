@@ -57,6 +57,7 @@ class VQGANTrainingMixin:
     - :meth:`build_ema`: SRModel builds the EMA only inside its ``init_training_settings``, which needs a pixel or
       perceptual loss (stage II has neither).
     - :meth:`model_ema`: frozen parameters are copied, not averaged (``x * d + x * (1 - d)`` drifts by rounding).
+    - :meth:`reconstruction_loss`: the fp32 image loss of stages I and III (pixel on [-1, 1] + LPIPS on [0, 1]).
     - :meth:`generator_gan_term`, :meth:`discriminator_step`: the hinge GAN with VQGAN's adaptive weight.
     """
 
@@ -123,6 +124,20 @@ class VQGANTrainingMixin:
                 ema[name].mul_(decay).add_(p, alpha=1 - decay)
             else:
                 ema[name].copy_(p)
+
+    def reconstruction_loss(self, raw: torch.Tensor, loss_dict: OrderedDict) -> torch.Tensor | int:
+        """``cri_pix`` on [-1, 1] (as the official code) + ``cri_perceptual`` (LPIPS) on [0, 1] of the fp32 output
+        ``raw`` against ``self.gt``, in fp32 (paper notes §2 "Stage I losses", §4); logs ``l_pix`` / ``l_lpips``.
+        0 when neither loss is set."""
+        l_rec = 0
+        with self.fp32():
+            if self.cri_pix is not None:
+                loss_dict['l_pix'] = self.cri_pix(raw, self.gt * 2 - 1)
+                l_rec = l_rec + loss_dict['l_pix']
+            if self.cri_perceptual is not None:
+                loss_dict['l_lpips'] = self.cri_perceptual((raw + 1) / 2, self.gt)
+                l_rec = l_rec + loss_dict['l_lpips']
+        return l_rec
 
     def gan_active(self, current_iter: int) -> bool:
         return self.cri_gan is not None and current_iter > self.disc_start_iter
@@ -209,14 +224,7 @@ class TVQTokenizerModel(EngineMixin, VQGANTrainingMixin, SRModel):
         rec_raw = out['reconstruction_raw'].float()
         rec01 = (rec_raw + 1) / 2
         loss_dict = OrderedDict()
-        l_rec = 0
-        with self.fp32():
-            if self.cri_pix is not None:
-                loss_dict['l_pix'] = self.cri_pix(rec_raw, self.gt * 2 - 1)
-                l_rec = l_rec + loss_dict['l_pix']
-            if self.cri_perceptual is not None:
-                loss_dict['l_lpips'] = self.cri_perceptual(rec01, self.gt)
-                l_rec = l_rec + loss_dict['l_lpips']
+        l_rec = self.reconstruction_loss(rec_raw, loss_dict)
         l_total = l_rec
         for key, weight in (('codebook_loss', self.codebook_loss_weight),
                             ('aux_recon_loss', self.aux_recon_loss_weight), ('align_loss', self.align_loss_weight)):

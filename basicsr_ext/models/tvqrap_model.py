@@ -221,15 +221,9 @@ class TVQRAPModel(EngineMixin, VQGANTrainingMixin, SRModel):
             sr_raw = out['sr_raw'].float()
             sr01 = (sr_raw + 1) / 2
             logits = out['logits'].float()
-            l_rec = 0
+            l_rec = self.reconstruction_loss(sr_raw, loss_dict)
+            l_total = l_rec
             with self.fp32():
-                if self.cri_pix is not None:
-                    loss_dict['l_pix'] = self.cri_pix(sr_raw, self.gt * 2 - 1)
-                    l_rec = l_rec + loss_dict['l_pix']
-                if self.cri_perceptual is not None:
-                    loss_dict['l_lpips'] = self.cri_perceptual(sr01, self.gt)
-                    l_rec = l_rec + loss_dict['l_lpips']
-                l_total = l_rec
                 if self.ce_weight_rap:
                     loss_dict['l_ce'] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx_gt.reshape(-1))
                     l_total = l_total + self.ce_weight_rap * loss_dict['l_ce']
