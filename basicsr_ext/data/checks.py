@@ -466,7 +466,7 @@ COMMON_DATASET_KEYS = (
     'pin_memory', 'persistent_workers',
     'use_shuffle',  # BasicSR < 1.4 loader key, found in official configs (1.4.2 always shuffles train sets)
     'check', 'check_max_files',  # this module's build-time checks
-    'val_metrics',  # TVQRAPModel: the subset of val.metrics computed on this set
+    'val_metrics',  # every model of ours (models/validation.py): the subset of val.metrics computed on this set
 )
 
 #: the keys each stock BasicSR 1.4.2 image dataset reads (from its source; ``io_backend`` holds the backend's

@@ -164,7 +164,7 @@ def test_stage2_targets_are_the_tokenizers_encoding(stage1, stage2, assets):
 def test_stage3_rap_trains_and_resumes_exactly(stage1, stage2, assets):
     opt = reduce_options('train_tvqrap.yml', assets, 'tvqrap_s3', total_iter=3)
     opt['path'].update(pretrain_network_tok=stage1['ckpt'], pretrain_network_g=stage2['ckpt'])
-    opt['queue_size'] = 0  # the pair queue is not part of the training state: off for the exactness check
+    opt['queue_size'] = 4  # full after iteration 2: iteration 3 draws from the pool saved in the training state
     exp, straight, resumed = train_then_resume(opt, assets['root'])
     assert set(straight) == {'net_g', 'net_d'}
     assert max_abs_diff(straight['net_g'], resumed['net_g']) == 0.0
