@@ -101,11 +101,9 @@ def install(target: str | None = None) -> tuple[str, bool]:
                 return path, False
     except FileNotFoundError:
         pass
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    # imported here, not at the top: setup.py loads this file alone (no torch/basicsr at build time)
+    from basicsr_ext.utils.atomic import write_text_atomic
+    write_text_atomic(path, text)
     return path, True
 
 
