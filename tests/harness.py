@@ -31,16 +31,18 @@ def load_script(relpath: str):
 
 def make_paired_folders(root: str, n: int = 4, size: int = 64, scale: int = 4) -> dict[str, str]:
     """n GT crops (size x size) from bundled photos + bicubic x4 LR (BasicSR's MATLAB imresize)."""
-    import skimage.data as sd
     from basicsr.utils.matlab_functions import imresize
-    photos = [sd.astronaut(), sd.coffee(), sd.chelsea(), sd.rocket(), sd.immunohistochemistry(), sd.hubble_deep_field()]
+
+    from basicsr_ext.scripting import load_photo
+    photos = [load_photo(name) for name in
+              ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry', 'hubble_deep_field')]
     gt_dir, lq_dir = os.path.join(root, 'HR'), os.path.join(root, 'LRx4')
     os.makedirs(gt_dir, exist_ok=True)
     os.makedirs(lq_dir, exist_ok=True)
     for i in range(n):
         img = photos[i % len(photos)]
         y, x = (i // len(photos)) * size, 40
-        crop = np.ascontiguousarray(img[y + 40:y + 40 + size, x:x + size, ::-1])
+        crop = np.ascontiguousarray(img[y + 40:y + 40 + size, x:x + size])  # BGR
         cv2.imwrite(os.path.join(gt_dir, f'{i:03d}.png'), crop)
         lq = imresize(crop.astype(np.float64) / 255.0, 1 / scale)
         cv2.imwrite(os.path.join(lq_dir, f'{i:03d}.png'), (np.clip(lq, 0, 1) * 255).round().astype(np.uint8))
