@@ -58,7 +58,8 @@ class VQGANTrainingMixin:
       perceptual loss (stage II has neither).
     - :meth:`model_ema`: frozen parameters are copied, not averaged (``x * d + x * (1 - d)`` drifts by rounding).
     - :meth:`reconstruction_loss`: the fp32 image loss of stages I and III (pixel on [-1, 1] + LPIPS on [0, 1]).
-    - :meth:`generator_gan_term`, :meth:`discriminator_step`: the hinge GAN with VQGAN's adaptive weight.
+    - :meth:`generator_gan_term`, :meth:`discriminator_step`: the hinge GAN with VQGAN's adaptive weight;
+      :meth:`generator_step` runs them around the generator's update (stages I and III alike).
     """
 
     TRAIN_KEYS = ('disc_weight', 'adaptive_weight_max', 'disc_start_iter')
@@ -156,6 +157,20 @@ class VQGANTrainingMixin:
         loss_dict['d_weight'] = d_weight
         return d_weight * l_g_gan
 
+    def generator_step(self, l_total: torch.Tensor, l_rec: torch.Tensor, fake01: torch.Tensor,
+                       loss_dict: OrderedDict, current_iter: int) -> None:
+        """The generator update of a VQGAN step: ``l_total`` (+ the adaptive GAN term of ``fake01`` once the GAN is
+        active), finite check, backward, optimizer step; then the discriminator step on ``self.gt`` vs ``fake01``."""
+        use_gan = self.gan_active(current_iter)
+        if use_gan:
+            last_layer = self.get_bare_model(self.net_g).get_last_layer()
+            l_total = l_total + self.generator_gan_term(l_rec, fake01, last_layer, loss_dict)
+        self.check_finite(loss_dict, current_iter)
+        self.backward(l_total)
+        self.optimizer_step(self.optimizer_g, self.net_g)
+        if use_gan:
+            self.discriminator_step(self.gt, fake01, loss_dict, current_iter)
+
     def discriminator_step(self, real01: torch.Tensor, fake01: torch.Tensor, loss_dict: OrderedDict,
                            current_iter: int) -> None:
         """disc_weight * 0.5 * (hinge(D(real)) + hinge(-D(fake))), one Adam step."""
@@ -232,14 +247,7 @@ class TVQTokenizerModel(EngineMixin, VQGANTrainingMixin, SRModel):
             if value is not None and weight:
                 loss_dict[f'l_{key[:-5]}'] = value.float()
                 l_total = l_total + weight * value.float()
-        use_gan = self.gan_active(current_iter)
-        if use_gan:
-            l_total = l_total + self.generator_gan_term(l_rec, rec01, bare.get_last_layer(), loss_dict)
-        self.check_finite(loss_dict, current_iter)
-        self.backward(l_total)
-        self.optimizer_step(self.optimizer_g, self.net_g)
-        if use_gan:
-            self.discriminator_step(self.gt, rec01, loss_dict, current_iter)
+        self.generator_step(l_total, l_rec, rec01, loss_dict, current_iter)
         with torch.no_grad():
             counts = torch.bincount(out['indices'].flatten(), minlength=self.train_code_counts.numel())
             self.train_code_counts += counts.to(self.train_code_counts)

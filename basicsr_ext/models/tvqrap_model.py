@@ -215,7 +215,6 @@ class TVQRAPModel(EngineMixin, VQGANTrainingMixin, SRModel):
             self.backward(l_total)
             self.optimizer_step(self.optimizer_g, self.net_g)
         else:
-            bare = self.get_bare_model(self.net_g)
             with self.autocast():
                 out = self.call_g('forward_ste', lq)
             sr_raw = out['sr_raw'].float()
@@ -227,14 +226,7 @@ class TVQRAPModel(EngineMixin, VQGANTrainingMixin, SRModel):
                 if self.ce_weight_rap:
                     loss_dict['l_ce'] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx_gt.reshape(-1))
                     l_total = l_total + self.ce_weight_rap * loss_dict['l_ce']
-            use_gan = self.gan_active(current_iter)
-            if use_gan:
-                l_total = l_total + self.generator_gan_term(l_rec, sr01, bare.get_last_layer(), loss_dict)
-            self.check_finite(loss_dict, current_iter)
-            self.backward(l_total)
-            self.optimizer_step(self.optimizer_g, self.net_g)
-            if use_gan:
-                self.discriminator_step(self.gt, sr01, loss_dict, current_iter)
+            self.generator_step(l_total, l_rec, sr01, loss_dict, current_iter)
         if idx_gt is not None:
             loss_dict['index_acc'] = (logits.detach().argmax(-1) == idx_gt).float().mean()
         self.finish_iteration(loss_dict)
