@@ -7,9 +7,11 @@ weights (speed does not depend on them), batch 1, a real photo (astronaut) area-
     bf16 + channels_last + weights cast once (= what ``basicsr-ext-infer --precision bf16`` runs)  |
     the same with torch.compile (``--compile``); on CUDA the fp16 rows too.
 
-Columns: median latency, speed-up vs the fp32 reference, GMAC/s (MACs from ``FlopCounterMode`` at the smallest
-size, scaled by the pixel count: every op of both nets is linear in the pixels), PSNR of the SR vs the fp32 SR
-(clamped to [0, 1]) and, for TVQ&RAP, the share of code indices equal to fp32's (argmax of the predictor logits).
+The paths of one (net, size) are timed round-robin (load from other processes hits them alike). Columns:
+median latency, speed-up vs the fp32 reference (median of the ratios within each round), GMAC/s (MACs from
+``FlopCounterMode`` at the smallest size, scaled by the pixel count: every op of both nets is linear in the
+pixels), PSNR of the SR vs the fp32 SR (clamped to [0, 1]) and, for TVQ&RAP, the share of code indices equal to
+fp32's (argmax of the predictor logits).
 
 ``--cli`` also times ``basicsr-ext-infer`` (a subprocess, a folder of 3 same-size images, ``done in`` / 3) and its
 in-process ``Upscaler`` (warm, per image) against the best path. ``--tiled-8k`` runs a 2048² LR (-> 8192²) through
@@ -130,33 +132,38 @@ class IndexProbe:
         self.indices = output.float().argmax(-1)
 
 
-def run_path(base: torch.nn.Module, x: torch.Tensor, spec: dict[str, Any], warmup: int, reps: int
-             ) -> dict[str, Any]:
-    """Time one path on a private copy of ``base``; returns latency (median s), SR output, indices."""
-    device = x.device
-    net = copy.deepcopy(base)
-    probe = IndexProbe(net)
-    if spec['cl']:
-        P.to_channels_last(net)
-    if spec['cast']:
-        P.cast_matmul_weights(net, spec['precision'])
-    fn = torch.compile(net) if spec.get('compile') else net
-    xin = P.channels_last_input(x) if spec['cl'] else x
-    with torch.inference_mode(), P.inference_autocast(device, spec['precision']):
-        t0 = time.perf_counter()
-        for _ in range(max(1, warmup)):  # at least one: the first call pays primitive creation / compilation
-            y = fn(xin)
-        _sync(device)
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(max(1, reps)):
-            _sync(device)
+class TimedPath:
+    """One path on a private copy of ``base``, warmed up on ``x`` (output, indices and first-call time kept);
+    :meth:`time_once` adds one timed call. The paths of a block are timed round-robin, so that load from other
+    processes hits them alike and the paired ratios stay meaningful on a shared machine."""
+
+    def __init__(self, base: torch.nn.Module, x: torch.Tensor, spec: dict[str, Any], warmup: int) -> None:
+        self.spec, self.device = spec, x.device
+        net = copy.deepcopy(base)
+        probe = IndexProbe(net)
+        if spec['cl']:
+            P.to_channels_last(net)
+        if spec['cast']:
+            P.cast_matmul_weights(net, spec['precision'])
+        self.fn = torch.compile(net) if spec.get('compile') else net
+        self.x = P.channels_last_input(x) if spec['cl'] else x
+        with torch.inference_mode(), P.inference_autocast(self.device, spec['precision']):
+            t0 = time.perf_counter()
+            for _ in range(max(1, warmup)):  # at least one: the first call pays primitive creation / compilation
+                y = self.fn(self.x)
+            _sync(self.device)
+        self.setup = time.perf_counter() - t0
+        self.out, self.indices = y.float().clamp(0, 1), probe.indices
+        self.times: list[float] = []
+
+    def time_once(self) -> float:
+        with torch.inference_mode(), P.inference_autocast(self.device, self.spec['precision']):
+            _sync(self.device)
             t = time.perf_counter()
-            y = fn(xin)
-            _sync(device)
-            times.append(time.perf_counter() - t)
-    return dict(latency=statistics.median(times), setup=first, out=y.float().clamp(0, 1),
-                indices=probe.indices)
+            self.fn(self.x)
+            _sync(self.device)
+        self.times.append(time.perf_counter() - t)
+        return self.times[-1]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -175,33 +182,37 @@ def bench_net(key: str, sizes: list[int], device: torch.device, args: argparse.N
     for size in sizes:
         x = lr_photo(size, device)
         macs = macs_small * (size / min(sizes)) ** 2
-        ref = None
+        block: list[tuple[str, TimedPath | str]] = []
         for spec in paths(device, args.compile):
-            name = spec['name']
-            slow = P.slow_precision_warning(device, spec['precision'])
-            if slow and not args.force_bf16:
-                rows.append([label, f'{size}²', name, 'skipped: bf16 emulated on this CPU (--force-bf16)',
-                             '', '', '', ''])
+            if P.slow_precision_warning(device, spec['precision']) and not args.force_bf16:
+                block.append((spec['name'], 'skipped: bf16 emulated on this CPU (--force-bf16)'))
                 continue
             try:
-                r = run_path(base, x, spec, args.warmup, args.reps)
+                block.append((spec['name'], TimedPath(base, x, spec, args.warmup)))
             except Exception as e:  # noqa: BLE001 - e.g. torch.compile without a working toolchain: one row says so
-                rows.append([label, f'{size}²', name, f'failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}'
-                             if str(e) else f'failed: {type(e).__name__}', '', '', '', ''])
-                log(f'{label} {size}² {name}: failed ({type(e).__name__})')
+                first = str(e).splitlines()[0][:80] if str(e) else ''
+                block.append((spec['name'], f'failed: {type(e).__name__}: {first}'))
+                log(f'{label} {size}² {spec["name"]}: failed ({type(e).__name__})')
+        timed = [p for _, p in block if isinstance(p, TimedPath)]
+        for rep in range(max(1, args.reps)):  # round-robin, starting one further each round
+            for k in range(len(timed)):
+                timed[(rep + k) % len(timed)].time_once()
+        ref = timed[0] if timed and timed[0].spec['name'] == 'fp32' else None
+        for name, p in block:
+            if not isinstance(p, TimedPath):
+                rows.append([label, f'{size}²', name, p, '', '', '', ''])
                 continue
-            if ref is None:
-                ref = r
-            lat = r['latency']
-            agree = (fmt(100 * float((r['indices'] == ref['indices']).float().mean()), '.2f', unit=' %')
-                     if r['indices'] is not None and ref['indices'] is not None else '')
+            lat = statistics.median(p.times)
             best[size] = min(best.get(size, math.inf), lat)  # the fastest path that ran, any precision
-            rows.append([label, f'{size}²', name, fmt(1000 * lat, '.0f'), fmt(ref['latency'] / lat, '.2f', unit='x'),
-                         fmt(macs / lat / 1e9, '.1f'), fmt(1000 * r['setup'], '.0f'),
-                         ('ref' if r is ref else fmt(psnr(r['out'], ref['out']), '.1f')) + (
-                             f' / {agree}' if agree else '')])
-            log(f'{label} {size}² {name}: {1000 * lat:.0f} ms (first call {1000 * r["setup"]:.0f} ms)')
-            del r
+            speedup = statistics.median(r / t for r, t in zip(ref.times, p.times)) if ref else math.nan
+            agree = (fmt(100 * float((p.indices == ref.indices).float().mean()), '.2f', unit=' %')
+                     if ref is not None and p.indices is not None and ref.indices is not None else '')
+            quality = 'ref' if p is ref else fmt(psnr(p.out, ref.out), '.1f') if ref else 'n/a'
+            rows.append([label, f'{size}²', name, fmt(1000 * lat, '.0f'), fmt(speedup, '.2f', unit='x'),
+                         fmt(macs / lat / 1e9, '.1f'), fmt(1000 * p.setup, '.0f'),
+                         quality + (f' / {agree}' if agree else '')])
+            log(f'{label} {size}² {name}: {1000 * lat:.0f} ms (first call {1000 * p.setup:.0f} ms)')
+        del block, timed, ref
     return rows, best
 
 
