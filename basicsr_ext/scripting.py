@@ -170,6 +170,20 @@ def fit_schedule(opt: dict, iters: int) -> dict:
     return opt
 
 
+def on_device(opt: dict, device: str = 'cpu', bf16: bool = False) -> dict:
+    """Point an in-process training option dict at ``device`` ('cpu' or 'cuda'; in place, returns ``opt``) and,
+    with ``bf16``, switch on the engine's bf16 autocast (``train.use_amp``, ``amp_dtype: bf16``; AMX CPUs and GPUs).
+    CUDA without a GPU is refused with one line."""
+    if device not in ('cpu', 'cuda'):
+        raise SystemExit(f'--device: {device!r} is not one of cpu, cuda')
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('--device cuda: no CUDA GPU is visible to torch (torch.cuda.is_available() is False)')
+    opt['num_gpu'] = 1 if device == 'cuda' else 0
+    if bf16:
+        opt['train'].update(use_amp=True, amp_dtype='bf16')
+    return opt
+
+
 def quiet_basicsr() -> None:
     """BasicSR's root logger at WARNING: the scripts print their own progress."""
     from basicsr.utils import get_root_logger

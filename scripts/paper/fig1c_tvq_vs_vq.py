@@ -14,6 +14,7 @@ loss (MSE + codebook (+ aux AE + alignment for TVQ)), EMA off, the option file's
 README "Paper demos" holds the measured table and what it shows.
 
     python scripts/paper/fig1c_tvq_vs_vq.py [--iters 400] [--sizes 4 16 64 256] [--out fig1c.png] [--threads 2]
+    python scripts/paper/fig1c_tvq_vs_vq.py --device cuda --bf16 --iters 5000 --batch 8   # the longer run, one GPU
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def evaluate_tokenizer(model, crops: torch.Tensor, lpips: LPIPSLoss | None) -> d
     model.test()
     out = model.output
     psnrs = [calculate_psnr(tensor2img([out[i]]), tensor2img([crops[i]]), crop_border=0) for i in range(len(crops))]
-    lp = float(lpips.distance(out, crops).mean()) if lpips is not None else None
+    lp = float(lpips.to(out.device).distance(out, crops.to(out.device)).mean()) if lpips is not None else None
     usage = model.finish_validation()
     return {'psnr': float(np.mean(psnrs)), 'lpips': lp, **usage}
 
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', default='fig1c_tvq_vs_vq.png', help='plot file (%(default)s)')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (%(default)s)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='training device (%(default)s)')
+    parser.add_argument('--bf16', action='store_true', help='bf16 autocast in training (GPU, or a CPU with AMX)')
     args = parser.parse_args(argv)
     if args.iters < 1 or any(s < 2 for s in args.sizes):
         parser.error('--iters must be >= 1 and codebook sizes >= 2')
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 opt = scripting.quickstart_options('tvq_tokenizer.yml', work, structure=structure, codebook_size=codes)
                 opt['train'].update(gan_opt=None, perceptual_opt=None)
                 scripting.fit_schedule(opt, args.iters)
+                scripting.on_device(opt, args.device, args.bf16)
                 sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed)
                 model = scripting.train_steps(opt, lambda s=sample: {'gt': s()}, args.iters, label=f'{method}-{codes}',
                                               log=lambda m: print(m, flush=True))

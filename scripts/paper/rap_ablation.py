@@ -14,6 +14,7 @@ improves; at this scale expect the accuracy/quality trade-off, not the paper's n
 holds the measured table.
 
     python scripts/paper/rap_ablation.py [--tok-iters 300] [--stage2-iters 300] [--iters 150] [--threads 2]
+    python scripts/paper/rap_ablation.py --device cuda --bf16 --tok-iters 5000 --stage2-iters 5000 --iters 1000 --batch 8
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def evaluate_sr(model, crops: torch.Tensor, lpips) -> dict[str, float]:
     out = model.output
     psnrs = [calculate_psnr(tensor2img([out[i]]), tensor2img([crops[i]]), crop_border=4, test_y_channel=True)
              for i in range(len(crops))]
-    lp = float(lpips.distance(out, crops).mean()) if lpips is not None else None
+    lp = float(lpips.to(out.device).distance(out, crops.to(out.device)).mean()) if lpips is not None else None
     acc = model.finish_validation().get('index_acc', float('nan'))
     return {'index_acc': acc, 'psnr': float(np.mean(psnrs)), 'lpips': lp}
 
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--lr', type=float, default=1e-4, help='Adam learning rate of both branches (%(default)s)')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (%(default)s)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='training device (%(default)s)')
+    parser.add_argument('--bf16', action='store_true', help='bf16 autocast in training (GPU, or a CPU with AMX)')
     args = parser.parse_args(argv)
     if min(args.tok_iters, args.stage2_iters, args.iters) < 1:
         parser.error('iteration counts must be >= 1')
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         opt = scripting.quickstart_options('tvq_tokenizer.yml', work)
         opt['train']['perceptual_opt'] = None
         scripting.fit_schedule(opt, args.tok_iters)
+        scripting.on_device(opt, args.device, args.bf16)
         sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed)
         tok = scripting.train_steps(opt, lambda: {'gt': sample()}, args.tok_iters, log, 'stage I')
         save_net(tok, tok_path)
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         opt = scripting.quickstart_options('tvqrap_stage2.yml', work)
         opt['path'].update(pretrain_network_tok=tok_path, pretrain_network_g=None)
         scripting.fit_schedule(opt, args.stage2_iters)
+        scripting.on_device(opt, args.device, args.bf16)
         sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed + 1)
         s2 = scripting.train_steps(opt, lambda: paired(sample), args.stage2_iters, log, 'stage II')
         save_net(s2, s2_path)
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             opt = scripting.quickstart_options(file, work)
             opt['path'].update(pretrain_network_tok=tok_path, pretrain_network_g=s2_path, param_key_g='params')
             scripting.fit_schedule(opt, args.iters)
+            scripting.on_device(opt, args.device, args.bf16)
             opt['train']['optim_g']['lr'] = args.lr
             if opt['train'].get('optim_d'):
                 opt['train']['optim_d']['lr'] = args.lr

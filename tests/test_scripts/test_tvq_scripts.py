@@ -28,6 +28,28 @@ def test_rap_ablation_compares_both_branches(capsys):
     assert '| (a) code-level only | 1 |' in out and '| (b) RAP | 1 |' in out and '%' in out
 
 
+def test_paper_scripts_refuse_cuda_without_a_gpu_in_one_line(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    for name in ('fig1c_tvq_vs_vq', 'rap_ablation'):
+        with pytest.raises(SystemExit, match='no CUDA GPU'):
+            _script(name).main(['--device', 'cuda', '--iters', '1', '--threads', '1'])
+
+
+def test_on_device_sets_the_gpu_count_and_bf16_autocast():
+    from basicsr_ext import scripting
+    opt = scripting.on_device({'num_gpu': 1, 'train': {}}, 'cpu', bf16=True)
+    assert opt['num_gpu'] == 0 and opt['train'] == {'use_amp': True, 'amp_dtype': 'bf16'}
+
+
+@pytest.mark.e2e
+def test_fig1c_trains_in_bf16(tmp_path, capsys):
+    """--bf16 runs the tokenizers under the engine's bf16 autocast (the path of the GPU command in the README)."""
+    assert _script('fig1c_tvq_vs_vq').main(['--iters', '2', '--sizes', '8', '--batch', '1', '--threads', '1', '--bf16',
+                                            '--out', str(tmp_path / 'fig1c.png')]) == 0
+    assert '| 8 | TVQ |' in capsys.readouterr().out
+
+
 def test_bench_reports_both_networks_and_ratios(capsys, monkeypatch):
     bench = _script('bench_tvqrap_cost')
     import torch
