@@ -25,7 +25,7 @@ def _psnr(a, b):
     return 10 * math.log10(1.0 / float(((a - b) ** 2).mean()))
 
 
-def _lr(name, side=96):
+def _lr(name, side=64):
     img = fit_max_side(photo_rgb01(name), 4 * side)
     h, w = img.shape[0] // 16 * 16, img.shape[1] // 16 * 16
     import cv2
