@@ -42,14 +42,6 @@ def test_on_device_sets_the_gpu_count_and_bf16_autocast():
     assert opt['num_gpu'] == 0 and opt['train'] == {'use_amp': True, 'amp_dtype': 'bf16'}
 
 
-@pytest.mark.e2e
-def test_fig1c_trains_in_bf16(tmp_path, capsys):
-    """--bf16 runs the tokenizers under the engine's bf16 autocast (the path of the GPU command in the README)."""
-    assert _script('fig1c_tvq_vs_vq').main(['--iters', '2', '--sizes', '8', '--batch', '1', '--threads', '1', '--bf16',
-                                            '--out', str(tmp_path / 'fig1c.png')]) == 0
-    assert '| 8 | TVQ |' in capsys.readouterr().out
-
-
 def test_bench_reports_both_networks_and_ratios(capsys, monkeypatch):
     bench = _script('bench_tvqrap_cost')
     import torch
