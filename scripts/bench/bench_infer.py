@@ -14,7 +14,8 @@ pixels), PSNR of the SR vs the fp32 SR (clamped to [0, 1]) and, for TVQ&RAP, the
 fp32's (argmax of the predictor logits).
 
 ``--cli`` also times ``basicsr-ext-infer`` (a subprocess, a folder of 3 same-size images, ``done in`` / 3) and its
-in-process ``Upscaler`` (warm, per image) against the best path. ``--tiled-8k`` runs a 2048² LR (-> 8192²) through
+in-process ``Upscaler`` (warm, per image; and paired with direct calls of its own prepared network: the CLI's
+overhead) against the best path. ``--tiled-8k`` runs a 2048² LR (-> 8192²) through
 the CLI with ``--tile`` and reports wall time and peak memory (host RSS; on CUDA also the GPU peak) -- slow on a CPU.
 
 On a CPU without bf16 units (no ``amx_bf16`` / ``avx512_bf16``, e.g. an AVX2 AMD EPYC) bf16 is emulated: a
@@ -258,20 +259,36 @@ def run_cli(key: str, size: int, precision: str, device: torch.device, workdir: 
                 peak_rss_mb=int(peak.group(1)) / 1024 if peak else math.nan)
 
 
-def upscaler_latency(key: str, size: int, precision: str, device: torch.device, reps: int) -> tuple[float, float]:
-    """(first call, warm median) seconds per image of the CLI's own :class:`Upscaler` on a photo."""
+def upscaler_latency(key: str, size: int, precision: str, device: torch.device, reps: int
+                     ) -> tuple[float, float, float]:
+    """(first call, warm median, median paired ratio vs its own network called directly) seconds per image of
+    the CLI's :class:`Upscaler` on a photo; the direct calls use the same prepared network and precision,
+    interleaved with the Upscaler's, so the ratio is the CLI's own overhead even on a loaded machine."""
     net, _ = build(key)
     up = Upscaler(net, scale=4, device=device, precision=precision)
-    img = lr_photo(size, torch.device('cpu'))[0].permute(1, 2, 0).numpy()
+    x = lr_photo(size, device)
+    img = x[0].permute(1, 2, 0).cpu().numpy()
+    xin = P.channels_last_input(x) if up.channels_last else x
+
+    def direct() -> float:
+        with torch.inference_mode(), P.inference_autocast(device, up.precision):
+            _sync(device)
+            t = time.perf_counter()
+            up.net(xin)
+            _sync(device)
+        return time.perf_counter() - t
+
     t = time.perf_counter()
     up(img)
     first = time.perf_counter() - t
-    times = []
+    direct()
+    times, ratios = [], []
     for _ in range(max(1, reps)):
         t = time.perf_counter()
         up(img)
         times.append(time.perf_counter() - t)
-    return first, statistics.median(times)
+        ratios.append(times[-1] / direct())
+    return first, statistics.median(times), statistics.median(ratios)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,17 +335,19 @@ def main(argv: list[str] | None = None) -> int:
             for key in args.nets:
                 for size in [s for s in (args.cli_sizes or args.sizes) if s in best[key]]:
                     for prec in precisions:
-                        first, warm = upscaler_latency(key, size, prec, device, args.reps)
+                        first, warm, own = upscaler_latency(key, size, prec, device, args.reps)
                         cli = run_cli(key, size, prec, device, work, args.threads)
                         per = cli['done'] / cli['images']
                         ref = best[key][size]
                         cli_rows.append([NETS[key][0], f'{size}²', prec + (' (auto)' if prec == auto else ''),
-                                         fmt(1000 * warm, '.0f'), fmt(1000 * first, '.0f'), fmt(1000 * per, '.0f'),
+                                         fmt(1000 * warm, '.0f'), fmt(own, '.2f', unit='x'),
+                                         fmt(1000 * first, '.0f'), fmt(1000 * per, '.0f'),
                                          fmt(1000 * ref, '.0f'), fmt(per / ref, '.2f', unit='x')])
                         print(f'  CLI {key} {size}² {prec}: {per:.2f} s/image', flush=True)
         print('\n### basicsr-ext-infer vs the best path (3 same-size photos per run)\n')
-        print(markdown_table(['net', 'LR', 'precision', 'Upscaler warm (ms)', 'Upscaler first (ms)',
-                              'CLI per image (ms)', 'best path (ms)', 'CLI / best'], cli_rows, align='lllrrrrr'))
+        print(markdown_table(['net', 'LR', 'precision', 'Upscaler warm (ms)', 'Upscaler / its net (paired)',
+                              'Upscaler first (ms)', 'CLI per image (ms)', 'best path (ms)', 'CLI / best'], cli_rows,
+                             align='lllrrrrrr'))
     if args.tiled_8k:
         tiled = []
         with tempfile.TemporaryDirectory(prefix='bench_infer_8k_') as work:

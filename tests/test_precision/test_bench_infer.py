@@ -41,6 +41,6 @@ def test_bf16_rows_and_the_cli_comparison(bench, capsys):
     rows = _rows(out)
     low = [r for r in rows if '| bf16' in r]
     assert len(low) == 3 and all(float(r.split('|')[8].split()[0]) >= 45 for r in low)
-    cli = [r for r in rows if r.count('|') == 9 and '(auto)' in r]
+    cli = [r for r in rows if r.count('|') == 10 and '(auto)' in r]
     assert cli, out  # the CLI (precision auto) was timed against the best path
-    assert float(cli[0].split('|')[8].strip().rstrip('x')) > 0
+    assert float(cli[0].split('|')[9].strip().rstrip('x')) > 0 and float(cli[0].split('|')[5].strip().rstrip('x')) > 0
