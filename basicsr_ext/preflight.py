@@ -13,7 +13,9 @@ A failed launch thus moves the good experiment aside. :func:`check_before_folder
 - training (``is_train``): our models' own option checks (``check_options``, unknown ``train:`` keys);
 - every dataset block: the build-time dataset checks (``basicsr_ext.data.checks``; marked as done, so the
   build does not repeat them);
-- ``path.pretrain_network_*``: the file exists and is not empty (unless a resume will replace it).
+- ``path.pretrain_network_*`` (unless a resume will replace it): the file exists, is not empty, reads
+  weights-only (a truncated, random or pickle-payload file is refused here, not after the experiment folder was
+  archived) and its weights (``param_key_*``, as the model picks them) are finite.
 
 Errors name the option file and the block: OptionError, ConfigError, DatasetError or CheckpointError, which our
 entry points print as one line.
@@ -103,17 +105,39 @@ def _resume_replaces(opt: Mapping[str, Any], network: str) -> bool:
 
 
 def check_pretrain_paths(opt: Mapping[str, Any], source: str) -> None:
-    """``path.pretrain_network_*``: an existing, non-empty file (its content is checked when it is loaded)."""
-    from basicsr_ext.utils.checkpoint import CheckpointError
-    for key, value in (opt.get('path') or {}).items():
+    """``path.pretrain_network_*``: an existing, non-empty file that reads weights-only, whose weights are finite.
+
+    The file is read once more when the model loads it (key names and shapes are checked there, against the
+    built network): a checkpoint of ordinary size costs a fraction of a second here, and a corrupt one no longer
+    costs the experiment folder.
+    """
+    from basicsr_ext.utils.checkpoint import CheckpointError, check_finite, load_checkpoint, pick_state_dict
+    path_opt = opt.get('path') or {}
+    for key, value in path_opt.items():
         if not (isinstance(key, str) and key.startswith('pretrain_network_')) or value is None:
             continue
         if _resume_replaces(opt, key[len('pretrain_'):]):
             continue
+        where = f'{source}, path:{key}'
+        if not isinstance(value, (str, os.PathLike)):
+            raise CheckpointError(f'{where}: expected a file path, got {type(value).__name__} {value!r}')
         if not os.path.isfile(value):
-            raise CheckpointError(f'{source}, path:{key}: checkpoint file not found: {value}')
+            raise CheckpointError(f'{where}: checkpoint file not found: {value}')
         if os.path.getsize(value) == 0:
-            raise CheckpointError(f'{source}, path:{key}: checkpoint file is empty (0 bytes): {value}')
+            raise CheckpointError(f'{where}: checkpoint file is empty (0 bytes): {value}')
+        try:
+            ckpt = load_checkpoint(value)
+        except CheckpointError as e:
+            raise CheckpointError(f'{where}: {e}') from None
+        param_key = path_opt.get(f'param_key_{key[len("pretrain_network_"):]}', 'params')
+        try:
+            _, state_dict = pick_state_dict(ckpt, param_key, value)
+        except CheckpointError:
+            continue  # a layout the model's own loader may know: it decides when it loads the file
+        try:
+            check_finite(state_dict, value)
+        except CheckpointError as e:
+            raise CheckpointError(f'{where}: {e}') from None
 
 
 def check_before_folders(opt: Mapping[str, Any], source: str | None = None) -> None:
