@@ -20,8 +20,9 @@
   is refused before anything runs unless ``--overwrite``; two inputs that would write the same output, or ``-o``
   naming a file, are refused too.
 - Before an image is decoded, the memory it needs (decoded input, output buffers and, without ``--tile``, the
-  network's full-size feature maps) is estimated from its header and compared with the available RAM: an image
-  that cannot fit is skipped with the figure and the advice (``--tile``) instead of swapping or being killed.
+  network's full-size feature maps) is estimated from its header and compared with the available RAM and, on a
+  CUDA device, with the GPU's free memory (``torch.cuda.mem_get_info``): an image that cannot fit is skipped with
+  the figure and the advice (``--tile``) instead of swapping, running out of GPU memory or being killed.
 - Precision: ``--precision auto|fp32|bf16|fp16`` (``basicsr_ext.utils.precision``; ``auto``, the default: bf16 on a
   CPU with AMX / avx512_bf16, fp16 on CUDA, fp32 elsewhere; ``--bf16`` / ``--half`` are deprecated aliases).
   channels_last for net and input on CPU and CUDA (``--channels-last on|off`` overrides; a network that cannot
@@ -141,6 +142,17 @@ def available_memory() -> int | None:
     return None
 
 
+def available_gpu_memory(device: torch.device) -> int | None:
+    """Bytes free on the CUDA ``device`` now (``torch.cuda.mem_get_info``: the driver's figure, other processes
+    included), or None when unknown (not CUDA, or the query fails)."""
+    if device.type != 'cuda':
+        return None
+    try:
+        return int(torch.cuda.mem_get_info(device)[0])
+    except (RuntimeError, AssertionError, ValueError, AttributeError):
+        return None
+
+
 class Upscaler:
     """A loaded network plus how to run it (scale, multiple, tiles, precision, memory format).
 
@@ -209,6 +221,20 @@ class Upscaler:
         act_px = min(out_px, side * side) if side else out_px
         return buffers, 2 * self.max_channels * 4 * act_px
 
+    def gpu_memory_needed(self, width: int, height: int) -> tuple[int, int]:
+        """(bytes of device memory for the image buffers, bytes for the network's feature maps) to upscale a
+        ``width`` x ``height`` image on a GPU: the float input and its padded copy, the float output (tiled: the
+        fp32 accumulator, its weight map and the normalised result; untiled: the network's output and the cropped
+        copy); two of the widest conv's feature maps at output size (tiles: at tile size) in the run's precision.
+        The network's weights are already on the device (not in the free figure). An estimate, on the low side."""
+        in_px = width * height
+        out_px = in_px * self.scale ** 2
+        side = (self.tile + 2 * self.tile_overlap) * self.scale if self.tile else None
+        act_px = min(out_px, side * side) if side else out_px
+        elem = 4 if self.amp_dtype is None else torch.finfo(self.amp_dtype).bits // 8
+        output = out_px * (3 * 4 * 3 + 4) if self.tile else out_px * 3 * 4 * 2
+        return in_px * 3 * 4 * 2 + output, 2 * self.max_channels * elem * act_px
+
     def __call__(self, img: np.ndarray) -> np.ndarray:
         """H x W x 3 float RGB [0, 1] -> (H*s) x (W*s) x 3 float RGB [0, 1]; NonFiniteOutputError when the network
         output holds NaN or inf."""
@@ -256,15 +282,28 @@ def check_outputs(files: Sequence[str], out_dir: str, suffix: str, ext: str, ove
 
 
 def check_memory(up: Upscaler, src: str, max_pixels: int | None = None, available: int | None = None) -> None:
-    """Refuse (ImageError, nothing decoded) an image whose estimated memory (:meth:`Upscaler.memory_needed`, from
-    its header) exceeds the available RAM, with the figures and what to do."""
+    """Refuse (ImageError, nothing decoded) an image whose estimated memory, from its header, exceeds the available
+    RAM (:meth:`Upscaler.memory_needed`) or, on a CUDA device, the free GPU memory
+    (:meth:`Upscaler.gpu_memory_needed` against ``torch.cuda.mem_get_info``), with the figures and what to do."""
     _, w, h, _, _ = image_header(src, max_pixels)
+    gib = 1024 ** 3
+    size = f'{w}x{h} -> {w * up.scale}x{h * up.scale}'
+    gpu_free = available_gpu_memory(up.device)
+    if gpu_free is not None:
+        buffers, maps = up.gpu_memory_needed(w, h)
+        where = f'GiB of GPU memory on {up.device}, {gpu_free / gib:.1f} GiB free'
+        if buffers > gpu_free:
+            raise ImageError(src, f'{size} needs about {buffers / gib:.1f} {where} for the image buffers alone: '
+                             'split or downscale the image, or use --device cpu')
+        if buffers + maps > gpu_free:
+            tile = 'a smaller --tile' if up.tile else '--tile 256'
+            raise ImageError(src, f'{size} needs about {(buffers + maps) / gib:.1f} {where} '
+                             f'({maps / gib:.1f} GiB of it the network\'s feature maps): use {tile}' +
+                             (' or --precision fp16/bf16' if up.amp_dtype is None else ''))
     available = available_memory() if available is None else available
     if available is None:
         return
     buffers, maps = up.memory_needed(w, h)
-    gib = 1024 ** 3
-    size = f'{w}x{h} -> {w * up.scale}x{h * up.scale}'
     if buffers > available:
         raise ImageError(src, f'{size} needs about {buffers / gib:.1f} GiB of RAM for the image buffers alone, '
                          f'{available / gib:.1f} GiB available: split or downscale the image')
