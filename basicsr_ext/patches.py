@@ -168,6 +168,75 @@ def _safe_load_network() -> str:
     return APPLIED
 
 
+#: BasicSR modules that call ``torch.load`` (tests/test_untrusted/test_basicsr_weight_files.py checks that this
+#: list covers every BasicSR module whose source does): their ``torch`` becomes :class:`_WeightsOnlyTorch`. The two
+#: other callers' functions are replaced whole: BaseModel.load_network (safe_load_network) and
+#: basicsr.train.load_resume_state (resume_cpu).
+_TORCH_LOAD_MODULES = ('basicsr.archs.vgg_arch', 'basicsr.archs.spynet_arch', 'basicsr.archs.basicvsr_arch',
+                       'basicsr.archs.tof_arch', 'basicsr.archs.dfdnet_arch', 'basicsr.archs.inception')
+
+
+class _WeightsOnlyTorch(type(sys)):
+    """``torch`` as BasicSR's modules listed in ``_TORCH_LOAD_MODULES`` see it: ``load`` is
+    ``utils.checkpoint.weights_only_load``; every other attribute is torch's own (read through, never copied)."""
+
+    def __init__(self, torch_module: Any, load: Callable) -> None:
+        super().__init__('torch', torch_module.__doc__)
+        self.__dict__.update(_basicsr_ext_torch=torch_module, load=load, __spec__=torch_module.__spec__)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__['_basicsr_ext_torch'], name)
+
+
+class _SafePretrainedVGG(type(sys)):
+    """``torchvision.models.vgg`` as ``basicsr.archs.vgg_arch`` sees it: ``vgg19(pretrained=True)`` (what
+    VGGFeatureExtractor calls when ``VGG_PRETRAIN_PATH`` is missing) builds the net without weights and loads
+    torchvision's released file through ``utils.checkpoint.load_hub_weights`` (weights-only, finite, an offline
+    miss names the file and the folders); every other attribute is torchvision's own."""
+
+    def __init__(self, vgg_module: Any, load_hub_weights: Callable) -> None:
+        super().__init__(vgg_module.__name__, vgg_module.__doc__)
+        self.__dict__.update(_basicsr_ext_vgg=vgg_module, _basicsr_ext_load=load_hub_weights)
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self.__dict__['_basicsr_ext_vgg'], name)
+        if not (name.startswith('vgg') and callable(real)):
+            return real
+        load = self.__dict__['_basicsr_ext_load']
+
+        def build(*args: Any, pretrained: bool = False, **kwargs: Any) -> Any:
+            kwargs.pop('weights', None)
+            net = real(*args, weights=None, **kwargs)
+            if pretrained:
+                import torchvision.models
+                url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+                local = getattr(sys.modules.get('basicsr.archs.vgg_arch'), 'VGG_PRETRAIN_PATH', None)
+                also = (f'at {os.path.abspath(local)} (BasicSR\'s VGG_PRETRAIN_PATH, under the working directory)'
+                        if local and os.path.basename(local) == os.path.basename(url) else '')
+                net.load_state_dict(load(url, check_hash=True, progress=True, also=also))
+            return net
+
+        build.__name__ = name
+        return build
+
+
+def _safe_basicsr_loads() -> str:
+    import basicsr.archs.inception  # noqa: F401  (the FID network: not imported by `import basicsr`)
+    import basicsr.archs.vgg_arch as vgg_arch
+    import torch
+    checkpoint = _ours('utils.checkpoint')
+    if '_basicsr_ext_torch' in getattr(getattr(vgg_arch, 'torch', None), '__dict__', {}):
+        return ALREADY  # applied by this module or by another copy of it
+    safe_torch = _WeightsOnlyTorch(torch, checkpoint.weights_only_load)
+    _rebind('torch', torch, safe_torch, modules=_TORCH_LOAD_MODULES)
+    inception = sys.modules['basicsr.archs.inception']
+    _STOCK['load_url'] = inception.load_url
+    _rebind('load_url', inception.load_url, checkpoint.load_hub_weights, modules=['basicsr.archs.inception'])
+    _STOCK['vgg'] = vgg_arch.vgg
+    vgg_arch.vgg = _SafePretrainedVGG(vgg_arch.vgg, checkpoint.load_hub_weights)
+    return APPLIED
+
+
 def _atomic_exact_resume() -> str:
     import basicsr.models.base_model as base_model
     checkpoint, state = _ours('utils.checkpoint'), _ours('utils.training_state')
@@ -441,6 +510,19 @@ PATCHES: tuple[Patch, ...] = (
           'it), weights checked finite (the first bad tensor named), one CheckpointError naming the file; the '
           'file and key loaded are logged (training states: entry resume_cpu)',
           _safe_load_network),
+    Patch('safe_basicsr_loads', UPGRADE, 'basicsr 1.4.2 (VGGFeatureExtractor: PerceptualLoss; SpyNet, BasicVSR, '
+          'TOF, DFDNet; the FID Inception)',
+          'besides load_network and the training state, BasicSR\'s archs call torch.load without weights_only '
+          '(VGG_PRETRAIN_PATH, spynet_path/load_path, the DFDNet dictionary) and torchvision\'s '
+          'vgg19(pretrained=True) / load_url unpickle fully: a pickle payload in such a file runs code whenever '
+          'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (else a traceback); offline, a missing VGG file is a URLError '
+          'traceback',
+          "torch.load as seen by every BasicSR module calling it (a torch whose load is weights-only whatever the "
+          'arguments or the environment say, weights checked finite, one CheckpointError naming the file); '
+          'vgg_arch\'s torchvision vgg*(pretrained=True) and inception\'s load_url: the released file from torch '
+          "hub's folder, weights-only; missing offline: a CheckpointError naming the file, the URL and where to "
+          'put it',
+          _safe_basicsr_loads),
     Patch('atomic_exact_resume', UPGRADE, 'basicsr 1.4.2 (every model)',
           'a kill while saving leaves a half-written net_g_N.pth or a 0-byte N.state under the final name (the '
           'latter stops --auto_resume); a failed save is only a warning; a resumed run draws other random crops '

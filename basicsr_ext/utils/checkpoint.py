@@ -84,6 +84,73 @@ def check_finite(state_dict: Mapping[str, Any], path: str = '<checkpoint>') -> N
                 f'{int((~finite).sum()) - n_nan} inf of {v.numel()}); refused (a diverged or corrupted checkpoint)')
 
 
+def check_finite_nested(obj: Any, path: str = '<checkpoint>', depth: int = 2) -> None:
+    """:func:`check_finite` on the tensors of a loaded checkpoint of unknown layout: a dict of tensors, or dicts
+    of them (``{'params': {...}}``) down to ``depth`` levels; anything else is left alone."""
+    if not isinstance(obj, Mapping) or depth < 0:
+        return
+    check_finite({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, path)
+    for v in obj.values():
+        check_finite_nested(v, path, depth - 1)
+
+
+def weights_only_load(f: Any, map_location: Any = None, *args: Any, **kwargs: Any) -> Any:
+    """A ``torch.load`` for code that calls ``torch.load(path, map_location=...)`` on a weights file (BasicSR's
+    archs: ``basicsr_ext.patches``, entry ``safe_basicsr_loads``): always weights-only (a ``weights_only`` or
+    ``pickle_module`` argument, and ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, cannot turn it off), the CPU unless a
+    ``map_location`` is given, non-finite weights refused, every refusal a one-line CheckpointError naming the file
+    (:func:`load_checkpoint`). A file object is read weights-only too (named by its ``name``)."""
+    del args, kwargs  # pickle_module, weights_only, mmap, ...: only ``map_location`` is honoured
+    location = 'cpu' if map_location is None else map_location
+    if isinstance(f, (str, os.PathLike)):
+        obj = load_checkpoint(f, map_location=location)
+        name = os.fspath(f)
+    else:
+        name = str(getattr(f, 'name', '<file object>'))
+        try:
+            obj = torch.load(f, map_location=location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f'refused to load {name}: it needs arbitrary unpickling, which could run code '
+                                  f'({str(e).strip().splitlines()[0][:200] if str(e).strip() else ""})') from None
+        except Exception as e:  # noqa: BLE001 - any failure of the reader is a bad file
+            raise CheckpointError(f'cannot read checkpoint {name}: {type(e).__name__}: {str(e)[:300]}') from None
+    check_finite_nested(obj, name)
+    return obj
+
+
+def hub_folder() -> str:
+    """torch hub's weight cache (``$TORCH_HOME/hub/checkpoints``): where torchvision and BasicSR look for and
+    download released weights."""
+    return os.path.join(torch.hub.get_dir(), 'checkpoints')
+
+
+def load_hub_weights(url: str, model_dir: str | None = None, map_location: Any = None, progress: bool = True,
+                     check_hash: bool = False, file_name: str | None = None, weights_only: Any = True,
+                     also: str = '') -> Any:
+    """``torch.hub.load_state_dict_from_url``, weights-only whatever ``weights_only`` says: the cached file
+    (``model_dir``, default :func:`hub_folder`) is read with :func:`weights_only_load`; a missing one is downloaded
+    (``check_hash``: the hash prefix in its name is verified). When it is missing and cannot be downloaded (offline)
+    the CheckpointError names the file, the URL and the folder to put it in (``also``: another accepted place)."""
+    folder = model_dir or hub_folder()
+    name = file_name or os.path.basename(url.split('?', 1)[0])
+    cached = os.path.join(folder, name)
+    if not os.path.isfile(cached):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            hash_prefix = None
+            if check_hash:
+                match = torch.hub.HASH_REGEX.search(name)
+                hash_prefix = match.group(1) if match else None
+            torch.hub.download_url_to_file(url, cached, hash_prefix, progress=progress)
+        except Exception as e:  # noqa: BLE001 - offline, HTTP error, wrong hash, read-only folder: one message
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+            raise CheckpointError(
+                f'weights file {name} is not on disk and could not be downloaded from {url} '
+                f'({type(e).__name__}{": " + reason if reason else ""}): put {name} in {folder} '
+                f'(TORCH_HOME={os.environ.get("TORCH_HOME", "<unset>")}){" or " + also if also else ""}') from None
+    return weights_only_load(cached, map_location)
+
+
 def atomic_save(obj: Any, path: str, save_fn: Callable[[Any, str], None] | None = None) -> None:
     """``torch.save`` (or ``save_fn(obj, tmp)``) through :func:`basicsr_ext.utils.atomic.atomic_write` (temporary
     file in the same folder, fsync, rename): a kill leaves the old file or none."""

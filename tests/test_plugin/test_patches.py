@@ -234,6 +234,31 @@ def test_patch_safe_load_network(tmp_path, monkeypatch):
     assert sentinel.exists()
 
 
+def test_patch_safe_basicsr_loads(tmp_path, monkeypatch):
+    """BasicSR's archs call torch.load without weights_only (a payload runs under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD);
+    the modules that do see a torch whose load is weights-only, VGG's pretrained file and inception's load_url go
+    through the weights-only hub loader (the cases: tests/test_untrusted/test_basicsr_weight_files.py)."""
+    import basicsr.archs.inception as inception
+    import basicsr.archs.spynet_arch as spynet_arch
+    import basicsr.archs.vgg_arch as vgg_arch
+
+    from basicsr_ext.utils.checkpoint import CheckpointError, load_hub_weights, weights_only_load
+    assert _state('safe_basicsr_loads') in DONE
+    for module in (vgg_arch, spynet_arch, inception):
+        assert module.torch.load is weights_only_load and module.torch.zeros is torch.zeros
+    assert torch.load is not weights_only_load  # torch itself is untouched
+    assert inception.load_url is load_hub_weights and isinstance(vgg_arch.vgg, patches._SafePretrainedVGG)
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    sentinel = tmp_path / 'pwned'
+    bad = tmp_path / 'spynet.pth'
+    torch.save({'params': {}, 'x': _Payload(sentinel)}, bad)
+    with pytest.raises(CheckpointError, match='spynet.pth.*arbitrary unpickling'):
+        spynet_arch.SpyNet(load_path=str(bad))
+    assert not sentinel.exists()
+    torch.load(str(bad))  # the control: what BasicSR's own call does under the variable
+    assert sentinel.exists()
+
+
 def test_patch_atomic_exact_resume(tmp_path, monkeypatch):
     """BasicSR's save_network/save_training_state write under the final name (a kill leaves half a file there) and
     keep no RNG state; ours write atomically and save the RNG states (the resume point of the sampler)."""
