@@ -9,8 +9,8 @@ each entry in this environment (``--markdown``: the README table).
 
 Order: the two torchvision entries run before ``import basicsr`` (BasicSR imports torchvision at once and would
 crash); every later entry needs BasicSR imported and some wrap the one before (``parse_options`` is wrapped by
-``safe_options`` → ``option_keys`` → ``preflight`` → ``installed_root`` → ``script_pipelines``). Applying is
-idempotent: an entry already applied (by an earlier import, or by another copy of this file) is reported as
+``safe_options`` → ``option_keys`` → ``preflight`` → ``installed_root`` → ``script_errors`` →
+``script_pipelines``). Applying is idempotent: an entry already applied (by an earlier import, or by another copy of this file) is reported as
 ``already applied``; one this environment does not need (e.g. a torchvision whose C extension loads) as
 ``not needed``.
 
@@ -463,6 +463,49 @@ def upgrade_pipeline_namespace(namespace: dict) -> list[str]:
     return done
 
 
+def _pipeline_namespace() -> dict:
+    """The globals of the code that called ``parse_options`` (the first frame outside basicsr_ext's wrappers)."""
+    frame = sys._getframe(1)
+    while frame is not None and str(frame.f_globals.get('__name__', '')).startswith('basicsr_ext'):
+        frame = frame.f_back
+    return frame.f_globals if frame is not None else {}
+
+
+def is_stock_script(namespace: dict) -> bool:
+    """``namespace`` is BasicSR's ``train.py``/``test.py`` run as the program (``python -m basicsr.train``, a clone's
+    ``python basicsr/train.py``), not a module imported by other code."""
+    path = str(namespace.get('__file__') or '').replace('\\', '/')
+    return namespace.get('__name__') == '__main__' and path.endswith(('basicsr/train.py', 'basicsr/test.py'))
+
+
+def user_error_hook(previous: Callable) -> Callable:
+    """A ``sys.excepthook`` printing an uncaught user error (``basicsr_ext.USER_ERRORS``: options, checkpoints,
+    data, a NaN loss) as the one line our entry points print, ``error: <Type>: <message>``; the interpreter still
+    exits with status 1. Any other exception goes to ``previous`` (a traceback)."""
+    def excepthook(exc_type, exc, tb):
+        errors = getattr(sys.modules.get('basicsr_ext'), 'USER_ERRORS', ())
+        if errors and isinstance(exc_type, type) and issubclass(exc_type, errors):
+            sys.stdout.flush()
+            sys.stderr.write(f'error: {exc_type.__name__}: {exc}\n')
+            sys.stderr.flush()
+            return
+        previous(exc_type, exc, tb)
+
+    excepthook._basicsr_ext = True
+    return excepthook
+
+
+def _script_errors() -> str:
+    def wrap(parse):
+        def parse_options(root_path, is_train=True):
+            if is_stock_script(_pipeline_namespace()) and not getattr(sys.excepthook, '_basicsr_ext', False):
+                sys.excepthook = user_error_hook(sys.excepthook)
+            return parse(root_path, is_train=is_train)
+        return parse_options
+
+    return _wrap_parse_options('_basicsr_ext_script_errors', wrap)
+
+
 def _script_pipelines() -> str:
     def wrap(parse):
         def parse_options(root_path, is_train=True):
@@ -581,6 +624,14 @@ PATCHES: tuple[Patch, ...] = (
           'imfrombytes in basicsr.utils and every BasicSR module that imported it (not ours): an error naming the '
           'problem, and the pixel limit checked from the header first; same pixels for valid images',
           _safe_imfrombytes),
+    Patch('script_errors', UPGRADE, 'basicsr 1.4.2 train.py/test.py run as the program',
+          'python -m basicsr.train / basicsr.test or a clone\'s basicsr/train.py end a mistyped key, a missing '
+          'dataset folder or a bad checkpoint with a Python traceback (basicsr-ext-train prints one line)',
+          'parse_options, when BasicSR\'s own train.py/test.py runs as __main__ and calls it: sys.excepthook '
+          'prints an uncaught user error (OptionError, ConfigError, CheckpointError, DatasetError, ImageError, '
+          'NonFiniteLossError) as one `error: <Type>: <message>` line (exit status 1); other exceptions keep '
+          'their traceback; imported pipelines (a fork calling train_pipeline) are left alone',
+          _script_errors),
     Patch('script_pipelines', COMPAT, 'basicsr 1.4.2 train.py/test.py run as scripts',
           'python -m basicsr.train or a clone\'s basicsr/train.py run train.py as __main__, with its own '
           'load_resume_state and names imported before anything of the entries above reached them',

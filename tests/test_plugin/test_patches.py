@@ -516,6 +516,30 @@ def test_patch_safe_imfrombytes():
         butils.imfrombytes(png[:20])  # stock: returns None
 
 
+def test_patch_script_errors(monkeypatch, capsys):
+    """BasicSR's train.py/test.py run as the program get an excepthook that prints a user error as one line when
+    they call parse_options; an imported pipeline does not; other exceptions keep their traceback (subprocess
+    cases: tests/test_untrusted/test_stock_entry_errors.py)."""
+    assert _state('script_errors') in DONE
+    path = os.path.join(os.path.dirname(btrain.__file__), 'train.py')
+    tracebacks = []
+    monkeypatch.setattr(sys, 'excepthook', lambda *exc: tracebacks.append(exc[0]))
+    monkeypatch.setattr(sys, 'argv', ['train.py'])  # no -opt: argparse exits after the hook is set
+    caller = compile('try:\n    parse_options(".", True)\nexcept SystemExit:\n    pass\n', path, 'exec')
+    exec(caller, {'__name__': 'basicsr_fork.train', '__file__': path, 'parse_options': btrain.parse_options})
+    assert not getattr(sys.excepthook, '_basicsr_ext', False)  # imported code: left alone
+    exec(caller, {'__name__': '__main__', '__file__': path, 'parse_options': btrain.parse_options})
+    hook = sys.excepthook
+    assert getattr(hook, '_basicsr_ext', False)
+    exec(caller, {'__name__': '__main__', '__file__': path, 'parse_options': btrain.parse_options})
+    assert sys.excepthook is hook  # once
+    capsys.readouterr()
+    hook(OptionError, OptionError('bad.yml, network_g: unknown key'), None)
+    assert capsys.readouterr().err == 'error: OptionError: bad.yml, network_g: unknown key\n'
+    hook(ValueError, ValueError('a bug'), None)
+    assert tracebacks == [ValueError] and capsys.readouterr().err == ''
+
+
 def test_patch_script_pipelines():
     """A pipeline run as __main__ (python -m basicsr.train, a clone's basicsr/train.py) gets the patched names
     when it calls parse_options. Here: BasicSR's train.py executed into a fresh namespace, as runpy does."""
