@@ -23,7 +23,7 @@ from basicsr_ext.models.validation import ValidationMixin
 from basicsr_ext.utils.checkpoint import load_network, save_network
 from basicsr_ext.utils.options import ConfigError, did_you_mean
 from basicsr_ext.utils.precision import fp32_region, inference_autocast, resolve_precision
-from basicsr_ext.utils.tiling import arch_multiple, tiled_forward
+from basicsr_ext.utils.tiling import TILE_NORMS, arch_multiple, tiled_forward
 from basicsr_ext.utils.training_state import resume_training, save_training_state
 
 ENGINE_TRAIN_KEYS = ('use_amp', 'amp_dtype', 'channels_last', 'compile', 'grad_clip')
@@ -31,6 +31,15 @@ ENGINE_TRAIN_KEYS = ('use_amp', 'amp_dtype', 'channels_last', 'compile', 'grad_c
 BASICSR_TRAIN_KEYS = ('ema_decay', 'optim_g', 'optim_d', 'scheduler', 'total_iter', 'warmup_iter', 'net_d_iters',
                       'net_d_init_iters', 'pixel_opt', 'perceptual_opt', 'gan_opt')
 _AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
+
+
+def tile_norm_of(opt: Mapping[str, Any]) -> str:
+    """``val.tile_norm`` (``global``, the default: GroupNorm statistics of the whole image; ``tile``: per tile)."""
+    value = (opt.get('val') or {}).get('tile_norm', 'global')
+    if value not in TILE_NORMS:
+        raise ConfigError(f"{opt.get('opt_path', 'option file')}: val.tile_norm: {value!r} is not one of "
+                          f"{', '.join(TILE_NORMS)}")
+    return value
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,6 +56,7 @@ class EngineMixin(ValidationMixin):
     TEST_INPUT, TEST_SCALE = 'lq', None
 
     def __init__(self, opt: dict) -> None:
+        tile_norm_of(opt)
         if opt.get('is_train'):  # before any network or dataset work
             type(self).check_train_keys_of(opt)
             self.check_options(opt)
@@ -167,7 +177,8 @@ class EngineMixin(ValidationMixin):
     # ---- the one test path -------------------------------------------------------------------------------------
     def test(self) -> None:
         """EMA generator if any; input padded to :func:`arch_multiple`, tiles of ``val.tile_size`` (overlap
-        ``val.tile_overlap``, default 80) when set, output cropped back to ``scale x`` the input."""
+        ``val.tile_overlap``, default 80) when set, output cropped back to ``scale x`` the input. Tiled, every
+        GroupNorm normalises with whole-image statistics unless ``val.tile_norm: tile``."""
         val_opt = self.opt.get('val') or {}
         net = self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
         was_training = net.training
@@ -176,7 +187,8 @@ class EngineMixin(ValidationMixin):
         with torch.no_grad(), self._inference_context():
             out = tiled_forward(lambda x: self.net_forward(net, self.to_memory_format(x)),
                                 getattr(self, self.TEST_INPUT), scale, int(val_opt.get('tile_size', 0) or 0),
-                                int(val_opt.get('tile_overlap', 80)), arch_multiple(net))
+                                int(val_opt.get('tile_overlap', 80)), arch_multiple(net),
+                                norm_net=net if tile_norm_of(self.opt) == 'global' else None)
         self.set_test_output(out.float())
         net.train(was_training)
 
