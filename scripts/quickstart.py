@@ -73,6 +73,7 @@ class Step:
     option: str                          # file in options/quickstart/
     label: str | None = None
     test_option: str | None = None       # file in options/quickstart/; None = test_<option> if present, else generated
+    #                                      (either way path.param_key_g is choose_param_key's, for the run's length)
     force: tuple[str, ...] = ()          # extra --force_yml entries (shown in the printed command)
     short: str | None = None             # label on the comparison sheet (default: label)
 
@@ -430,15 +431,19 @@ def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float
             if not step.label:
                 continue
             test_path = osp.join(OPTIONS_DIR, step.test_option or f'test_{step.option}')
+            total = int(round(int((train_opt.get('train') or {}).get('total_iter', 0)) * iters_scale))
+            param_key = choose_param_key(train_opt, total)
             if not osp.isfile(test_path):
-                total = int(round(int((train_opt.get('train') or {}).get('total_iter', 0)) * iters_scale))
                 test_opt = generic_test_option(train_opt)
-                test_opt['path']['param_key_g'] = choose_param_key(train_opt, total)
+                test_opt['path']['param_key_g'] = param_key
                 test_path = osp.join(out, 'options', f'test_{step.option}')
                 write_option(test_opt, test_path)
             test_opt = load_option_file(test_path)
-            rc, test_secs = run_logged([sys.executable, TEST_SCRIPT, '-opt', test_path], out,
-                                       osp.join(out, 'logs', f'test_{base}.log'), log, threads)
+            test_cmd = [sys.executable, TEST_SCRIPT, '-opt', test_path]
+            if (test_opt.get('path') or {}).get('param_key_g') != param_key:  # a shipped file, another --iters-scale
+                test_cmd += ['--force_yml', f'path:param_key_g={param_key}']
+                test_opt['path']['param_key_g'] = param_key
+            rc, test_secs = run_logged(test_cmd, out, osp.join(out, 'logs', f'test_{base}.log'), log, threads)
             sr_dir = osp.join('results', test_opt['name'], 'visualization', 'quickstart_val')
             row = _row(step, train_s=secs, test_s=test_secs, weights=_weights_used(test_opt, out), folder=sr_dir,
                        suffix=test_opt['name'])
