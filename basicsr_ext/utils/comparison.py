@@ -139,10 +139,22 @@ def detail_crop(gt_bgr: np.ndarray, side: int, step: int | None = None, crop_bor
     return best_xy[0], best_xy[1], side, side
 
 
-def sheet_size(n_panels: int, panel: int, crop_wh: tuple[int, int]) -> tuple[int, int]:
-    """(width, height) in pixels of a sheet of ``n_panels`` crops."""
+def overview_width(panel_height: int, image_hw: tuple[int, int], panel: int) -> int:
+    """Width of the overview panel: the whole image at the crop panels' height, its aspect ratio kept (at most
+    4 panels wide; a wider panorama is letterboxed in that box)."""
+    h, w = image_hw
+    return max(1, min(4 * panel, int(round(panel_height * w / max(1, h)))))
+
+
+def sheet_size(n_panels: int, panel: int, crop_wh: tuple[int, int],
+               overview_hw: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(width, height) in pixels of a sheet of ``n_panels`` crops, plus, with ``overview_hw`` (the whole image's
+    height and width), an overview panel first (:func:`overview_width`)."""
     ph = int(round(panel * crop_wh[1] / crop_wh[0]))
-    return n_panels * panel + (n_panels + 1) * GAP_PX, ph + LABEL_PX + 2 * GAP_PX
+    width = n_panels * panel + (n_panels + 1) * GAP_PX
+    if overview_hw is not None:
+        width += overview_width(ph, overview_hw, panel) + GAP_PX
+    return width, ph + LABEL_PX + 2 * GAP_PX
 
 
 def make_sheet(panels: Sequence[tuple[str, np.ndarray]], crop: tuple[int, int, int, int], out: str,
@@ -150,33 +162,35 @@ def make_sheet(panels: Sequence[tuple[str, np.ndarray]], crop: tuple[int, int, i
                fontsize: float = 9) -> tuple[int, int]:
     """Write the sheet; ``panels`` are (label, full RGB float image in [0, 1] at GT size). Returns the PNG size.
 
-    Every crop panel keeps the crop's aspect ratio (``sheet_size``); ``overview`` (the whole GT, squeezed into the
-    same panel box) comes first with the crop framed in red."""
+    Every crop panel keeps the crop's aspect ratio (``sheet_size``); ``overview`` (the whole GT at the panels'
+    height, its own aspect ratio kept: :func:`overview_width`) comes first with the crop framed in red."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     x, y, cw, ch = crop
-    n = len(panels) + (overview is not None)
-    W, H = sheet_size(n, panel, (cw, ch))
+    W, H = sheet_size(len(panels), panel, (cw, ch), overview.shape[:2] if overview is not None else None)
     ph = H - LABEL_PX - 2 * GAP_PX
     fig = plt.figure(figsize=(W / dpi, H / dpi), dpi=dpi)
     fig.patch.set_facecolor('white')
     items = ([('GT (overview)', overview)] if overview is not None else []) + list(panels)
+    left = GAP_PX
     for i, (label, img) in enumerate(items):
-        left = GAP_PX + i * (panel + GAP_PX)
-        ax = fig.add_axes([left / W, (GAP_PX + LABEL_PX) / H, panel / W, ph / H])
+        is_overview = overview is not None and i == 0
+        pw = overview_width(ph, img.shape[:2], panel) if is_overview else panel
+        ax = fig.add_axes([left / W, (GAP_PX + LABEL_PX) / H, pw / W, ph / H])
         ax.set_axis_off()
-        if overview is not None and i == 0:
-            ax.imshow(img, interpolation='antialiased', aspect='auto')
+        if is_overview:
+            ax.imshow(img, interpolation='antialiased', aspect='equal')  # never squashed (letterboxed if capped)
             ax.add_patch(Rectangle((x - 0.5, y - 0.5), cw, ch, fill=False, edgecolor='red', linewidth=1.5))
         else:
             zoom = cv2.resize(np.ascontiguousarray(img[y:y + ch, x:x + cw]), (panel, ph),
                               interpolation=cv2.INTER_NEAREST)
             ax.imshow(np.clip(zoom, 0, 1), interpolation='nearest', aspect='auto')
-        fig.text((left + panel / 2) / W, (GAP_PX + LABEL_PX / 2) / H, label, ha='center', va='center',
+        fig.text((left + pw / 2) / W, (GAP_PX + LABEL_PX / 2) / H, label, ha='center', va='center',
                  fontsize=fontsize)
+        left += pw + GAP_PX
     write_figure_atomic(fig, out, dpi=dpi)
     plt.close(fig)
     return W, H

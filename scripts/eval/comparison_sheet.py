@@ -9,7 +9,8 @@
   (BasicSR's ``<stem>_<suffix>`` names are matched).
 - ``--crop X Y W H`` in GT pixels (default: a centred square of a quarter of the shorter side). Bicubic is the
   MATLAB-compatible bicubic (BasicSR's ``imresize``) of the LR, or of the GT downscaled by the same kernel when
-  no LR is given (``--no-bicubic`` to leave it out). ``--overview`` adds the whole GT with the crop framed.
+  no LR is given (``--no-bicubic`` to leave it out). ``--overview`` adds the whole GT (its aspect ratio kept)
+  with the crop framed.
 - The drawing lives in ``basicsr_ext.utils.comparison`` (also used by ``scripts/quickstart.py``).
 - Every panel is ``--panel`` pixels wide (nearest-neighbour zoom, so pixels stay visible) with its label
   under it; the PNG size is exact: ``n * panel + (n + 1) * gap`` wide and written atomically.

@@ -82,3 +82,30 @@ def test_sheet_overview_panel(tmp_path, overview):
     assert mod.main(['--gt', str(tmp_path / 'g.png'), '--no-bicubic', '--overview', '--panel', '64',
                      '--out', str(out)]) == 0
     assert _png(out).shape[:2] == mod.sheet_size(2, 64, (16, 16))[::-1]
+
+
+def _dark_box(img, x0, x1):
+    """(width, height) of the bounding box of the dark pixels in columns x0..x1 of a sheet, above the labels."""
+    from basicsr_ext.utils.comparison import GAP_PX, LABEL_PX
+    ys, xs = np.nonzero(img[:img.shape[0] - LABEL_PX - GAP_PX, x0:x1, :3].max(axis=2) < 100)
+    return xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+
+
+@pytest.mark.parametrize('hw', [(90, 120), (120, 90), (40, 400)])
+def test_sheet_overview_keeps_the_photo_aspect_ratio(tmp_path, hw):
+    """Issue 13.11: a 4:3 (or 3:4) photo's overview is not squashed into the crop panels' square; a panorama
+    wider than the 4-panel cap is letterboxed, never squashed."""
+    mod = load_script('eval/comparison_sheet')
+    h, w = hw
+    gt = np.full((h, w, 3), 30, np.uint8)  # dark: the overview's extent shows against the white sheet
+    gt[h // 2 - 8:h // 2 + 8, w // 2 - 8:w // 2 + 8] = 230
+    cv2.imwrite(str(tmp_path / 'g.png'), gt)
+    out = tmp_path / 's.png'
+    assert mod.main(['--gt', str(tmp_path / 'g.png'), '--no-bicubic', '--overview', '--panel', '64',
+                     '--crop', str(w // 2 - 8), str(h // 2 - 8), '16', '16', '--out', str(out)]) == 0
+    img = _png(out)
+    assert img.shape[:2] == mod.sheet_size(1, 64, (16, 16), (h, w))[::-1]
+    from basicsr_ext.utils.comparison import overview_width
+    ow = overview_width(64, (h, w), 64)
+    bw, bh = _dark_box(img, 0, 6 + ow + 3)
+    assert abs(bw / bh - w / h) < 0.06 * w / h, (bw, bh, w, h)
