@@ -5,6 +5,8 @@
     python scripts/eval/plot_perception_distortion.py --json bench.json --x psnr --y dists --dataset Set14 --dpi 150
 
 One panel per dataset (or only ``--dataset``); the axis labels say which direction is better (from the JSON).
+Methods at the same point (equal to the 4 decimals of the table) share one label, ``A = B``; labels that would
+still overlap (near-identical points) are moved apart, so none overprints another.
 The PNG is exactly ``--width x --height`` inches at ``--dpi`` and written atomically. Prints the plotted points
 as a Markdown table.
 """
@@ -39,16 +41,42 @@ def collect_points(res: dict, x: str, y: str, datasets: list[str] | None = None)
     return out
 
 
+def merge_identical(pts: list[tuple]) -> list[tuple]:
+    """[(label, x, y, colour index)]: methods whose values print the same (4 decimals) share one label
+    ``A = B`` and the first one's colour; order kept."""
+    groups: dict[tuple, list] = {}
+    for i, (mname, vx, vy) in enumerate(pts):
+        groups.setdefault((round(vx, 4), round(vy, 4)), []).append((i, mname, vx, vy))
+    return [(' = '.join(m for _, m, _, _ in g), g[0][2], g[0][3], g[0][0]) for g in groups.values()]
+
+
+def declutter(fig, texts, pad_px: float = 2.0, max_moves: int = 60) -> None:
+    """Move annotations (``textcoords='offset points'``) down, one text height at a time, until none overlaps
+    an earlier one (in display space, after the layout is final)."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for t in texts:
+        for _ in range(max_moves):
+            box = t.get_window_extent(renderer).expanded(1.0, 1.0)
+            if not any(box.overlaps(p) for p in placed):
+                break
+            dx, dy = t.xyann
+            t.xyann = (dx, dy - (box.height + pad_px) * 72.0 / fig.dpi)
+        placed.append(t.get_window_extent(renderer))
+
+
 def plot(points: dict[str, list[tuple]], x: str, y: str, better: dict, out: str, width: float = 6.0,
          height: float = 4.5, dpi: int = 100, title: str | None = None) -> None:
     """Draw one panel per dataset and write the PNG atomically."""
     n = max(1, len(points))
     fig, axes = plt.subplots(1, n, figsize=(width, height), dpi=dpi, squeeze=False)
     arrow = {'higher': '↑ better', 'lower': '↓ better'}
+    texts = []
     for ax, (dname, pts) in zip(axes[0], points.items()):
         for i, (mname, vx, vy) in enumerate(pts):
             ax.scatter([vx], [vy], s=36, color=f'C{i % 10}', zorder=3)
-            ax.annotate(mname, (vx, vy), textcoords='offset points', xytext=(5, 4), fontsize=8)
+        for label, vx, vy, _ in merge_identical(pts):
+            texts.append(ax.annotate(label, (vx, vy), textcoords='offset points', xytext=(5, 4), fontsize=8))
         ax.set_xlabel(f'{x.upper()} ({arrow.get(better.get(x), "")})'.replace(' ()', ''))
         ax.set_ylabel(f'{y.upper()} ({arrow.get(better.get(y), "")})'.replace(' ()', ''))
         ax.set_title(dname, fontsize=10)
@@ -57,6 +85,7 @@ def plot(points: dict[str, list[tuple]], x: str, y: str, better: dict, out: str,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    declutter(fig, texts)
     write_figure_atomic(fig, out, dpi=dpi)
     plt.close(fig)
 

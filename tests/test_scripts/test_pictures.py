@@ -109,3 +109,31 @@ def test_sheet_overview_keeps_the_photo_aspect_ratio(tmp_path, hw):
     ow = overview_width(64, (h, w), 64)
     bw, bh = _dark_box(img, 0, 6 + ow + 3)
     assert abs(bw / bh - w / h) < 0.06 * w / h, (bw, bh, w, h)
+
+
+def test_pd_plot_labels_of_identical_and_near_identical_points_do_not_overprint(tmp_path, monkeypatch):
+    """Issue 13.11: two methods at the same point share one label; near-identical points (1e-3 dB apart, a
+    dataset spanning 3 dB) get labels that do not overlap; every label still names its method."""
+    mod = load_script('eval/plot_perception_distortion')
+    res = {'better': {'psnr': 'higher', 'lpips': 'lower'}, 'results': {'Set5': {'methods': {
+        'A': {'metrics': {'psnr': 25.0, 'lpips': 0.2}}, 'B': {'metrics': {'psnr': 25.0, 'lpips': 0.2}},
+        'C-long-name': {'metrics': {'psnr': 26.0, 'lpips': 0.15}},
+        'D-long-name': {'metrics': {'psnr': 26.001, 'lpips': 0.1501}},
+        'E': {'metrics': {'psnr': 26.0005, 'lpips': 0.1499}}, 'F': {'metrics': {'psnr': 28.0, 'lpips': 0.3}}}}}}
+    (tmp_path / 'b.json').write_text(json.dumps(res))
+    seen = {}
+
+    def capture(fig, path, dpi=100):
+        renderer = fig.canvas.get_renderer()
+        seen['texts'] = [(t.get_text(), t.get_window_extent(renderer)) for ax in fig.axes for t in ax.texts]
+
+    monkeypatch.setattr(mod, 'write_figure_atomic', capture)
+    assert mod.main(['--json', str(tmp_path / 'b.json'), '--out', str(tmp_path / 'pd.png')]) == 0
+    labels = sorted(t for t, _ in seen['texts'])
+    assert labels == ['A = B', 'C-long-name', 'D-long-name', 'E', 'F'], labels
+    boxes = [b for _, b in seen['texts']]
+    overlapping = [(seen['texts'][i][0], seen['texts'][j][0]) for i in range(len(boxes))
+                   for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+    assert not overlapping, overlapping
+    assert mod.merge_identical([('X', 1.0, 2.0), ('Y', 1.00001, 2.0), ('Z', 1.1, 2.0)]) == [
+        ('X = Y', 1.0, 2.0, 0), ('Z', 1.1, 2.0, 2)]
