@@ -56,7 +56,7 @@ from basicsr_ext.utils.precision import (PRECISIONS, PrecisionError, cast_matmul
                                          channels_last_input, inference_autocast, precision_dtype,
                                          prefers_channels_last, resolve_precision, slow_precision_warning,
                                          to_channels_last)
-from basicsr_ext.utils.tiling import arch_multiple, tiled_forward  # noqa: E402
+from basicsr_ext.utils.tiling import TILE_NORMS, arch_multiple, norm_layers, tiled_forward  # noqa: E402
 
 logger = logging.getLogger('basicsr_ext.infer')
 
@@ -166,7 +166,7 @@ class Upscaler:
 
     def __init__(self, net: torch.nn.Module, scale: int | None = None, tile: int = 0, tile_overlap: int = 32,
                  multiple: int | None = None, device: str | torch.device | None = None,
-                 precision: str = 'fp32', channels_last: bool | None = None) -> None:
+                 precision: str = 'fp32', channels_last: bool | None = None, tile_norm: str = 'global') -> None:
         self.device = torch.device(device) if device else torch.device(
             'cuda' if torch.cuda.is_available() else 'cpu')
         try:
@@ -177,6 +177,10 @@ class Upscaler:
         self.multiple = int(multiple) if multiple else arch_multiple(net)
         self.scale = int(scale) if scale else probe_scale(self.net, self.multiple, self.device)
         self.tile, self.tile_overlap = int(tile), int(tile_overlap)
+        # GroupNorm nets (TVQ&RAP) tiled with whole-image statistics: the tiles run in lock-step, so every tile's
+        # feature maps are alive together (utils.tiling._lockstep): memory as untiled, output as untiled
+        self.tile_norm, self.has_norms = tile_norm, bool(norm_layers(self.net))
+        self.locked = bool(self.tile) and tile_norm == 'global' and self.has_norms
         self.amp_dtype = None if self.precision == 'fp32' else precision_dtype(self.precision)
         self.channels_last = (prefers_channels_last(self.device, self.precision) if channels_last is None
                               else bool(channels_last))
@@ -186,6 +190,12 @@ class Upscaler:
         cast_matmul_weights(self.net, self.precision)
         convs = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
         self.max_channels = max(convs, default=64)
+
+    def tile_advice(self) -> str:
+        """What to try when the feature maps do not fit."""
+        if self.has_norms and (self.locked or not self.tile):
+            return f'--tile {self.tile or 256} --tile-norm tile (independent tiles: their own GroupNorm statistics)'
+        return 'a smaller --tile' if self.tile else '--tile 256'
 
     def describe(self) -> str:
         """``precision bf16, channels_last`` for the log line."""
@@ -217,7 +227,7 @@ class Upscaler:
         buffers = in_px * (4 + 2 * 3 * 4) + out_px * (3 * 3 * 4 + 2 * 4)
         if self.device.type != 'cpu':
             return buffers, 0
-        side = (self.tile + 2 * self.tile_overlap) * self.scale if self.tile else None
+        side = (self.tile + 2 * self.tile_overlap) * self.scale if self.tile and not self.locked else None
         act_px = min(out_px, side * side) if side else out_px
         return buffers, 2 * self.max_channels * 4 * act_px
 
@@ -229,7 +239,7 @@ class Upscaler:
         The network's weights are already on the device (not in the free figure). An estimate, on the low side."""
         in_px = width * height
         out_px = in_px * self.scale ** 2
-        side = (self.tile + 2 * self.tile_overlap) * self.scale if self.tile else None
+        side = (self.tile + 2 * self.tile_overlap) * self.scale if self.tile and not self.locked else None
         act_px = min(out_px, side * side) if side else out_px
         elem = 4 if self.amp_dtype is None else torch.finfo(self.amp_dtype).bits // 8
         output = out_px * (3 * 4 * 3 + 4) if self.tile else out_px * 3 * 4 * 2
@@ -240,7 +250,8 @@ class Upscaler:
         output holds NaN or inf."""
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).unsqueeze(0).to(self.device)
         with torch.inference_mode():
-            y = tiled_forward(self.run_net, x, self.scale, self.tile, self.tile_overlap, self.multiple)
+            y = tiled_forward(self.run_net, x, self.scale, self.tile, self.tile_overlap, self.multiple,
+                              norm_net=self.net if self.tile_norm == 'global' else None)
         finite = torch.isfinite(y)
         if not bool(finite.all()):
             bad = int((~finite).sum())
@@ -296,7 +307,7 @@ def check_memory(up: Upscaler, src: str, max_pixels: int | None = None, availabl
             raise ImageError(src, f'{size} needs about {buffers / gib:.1f} {where} for the image buffers alone: '
                              'split or downscale the image, or use --device cpu')
         if buffers + maps > gpu_free:
-            tile = 'a smaller --tile' if up.tile else '--tile 256'
+            tile = up.tile_advice()
             raise ImageError(src, f'{size} needs about {(buffers + maps) / gib:.1f} {where} '
                              f'({maps / gib:.1f} GiB of it the network\'s feature maps): use {tile}' +
                              (' or --precision fp16/bf16' if up.amp_dtype is None else ''))
@@ -308,7 +319,7 @@ def check_memory(up: Upscaler, src: str, max_pixels: int | None = None, availabl
         raise ImageError(src, f'{size} needs about {buffers / gib:.1f} GiB of RAM for the image buffers alone, '
                          f'{available / gib:.1f} GiB available: split or downscale the image')
     if buffers + maps > available:
-        tile = 'a smaller --tile' if up.tile else '--tile 256'
+        tile = up.tile_advice()
         raise ImageError(src, f'{size} needs about {(buffers + maps) / gib:.1f} GiB of RAM '
                          f'({maps / gib:.1f} GiB of it the network\'s feature maps), {available / gib:.1f} GiB '
                          f'available: use {tile}')
@@ -356,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--scale', type=int, default=None, help='upscaling factor (default: measured from the net)')
     p.add_argument('--tile', type=int, default=0, help='tile side in LR pixels (0: whole image)')
     p.add_argument('--tile-overlap', type=int, default=32, help='LR pixels shared by neighbouring tiles')
+    p.add_argument('--tile-norm', choices=TILE_NORMS, default='global',
+                   help='GroupNorm nets (TVQ&RAP) with --tile: global (default) = statistics of the whole image, '
+                        'tiles run in lock-step, output as untiled, memory about as untiled; tile = each tile its '
+                        'own statistics (least memory, another image)')
     p.add_argument('--multiple', type=int, default=None, help='pad LR to this multiple (default: from the arch)')
     p.add_argument('--suffix', default='out', help='output name <stem>_<suffix>.<ext> (empty: <stem>.<ext>)')
     p.add_argument('--ext', default='png', help='output format: png (default, keeps 16-bit), tif, jpg, webp')
@@ -407,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise OptionError('no weights: give --weights ckpt.pth (or path.pretrain_network_g in --opt)')
         load_weights_into(net, weights, args.param_key or meta['param_key'] or 'params_ema', True, logger)
         up = Upscaler(net, args.scale or meta['scale'], args.tile, args.tile_overlap, args.multiple, args.device,
-                      precision, {'auto': None, 'on': True, 'off': False}[args.channels_last])
+                      precision, {'auto': None, 'on': True, 'off': False}[args.channels_last], args.tile_norm)
     except (OptionError, CheckpointError) as e:
         logger.error(f'error: {e}')
         return 2
