@@ -98,16 +98,16 @@ def test_cli_refusals_are_the_last_line(tmp_path, data):
 
 @pytest.mark.e2e
 def test_option_dump_goes_to_the_log_file_only(tmp_path, data):
-    """An error found after the logger started (weights with NaN: found when the model loads them) is the last
-    line; the ~200-line option dump is in the log file, not on the console."""
+    """An error found after the logger started (weights that do not fit the network: found when the model loads
+    them; unreadable or NaN weights are refused earlier, by the preflight) is the last line; the ~200-line option
+    dump is in the log file, not on the console."""
     from basicsr.archs.rrdbnet_arch import RRDBNet
-    sd = RRDBNet(3, 3, num_feat=8, num_block=1, num_grow_ch=8).state_dict()
-    sd['conv_first.bias'][0] = float('nan')
-    torch.save({'params': sd}, tmp_path / 'nan.pth')
+    sd = RRDBNet(3, 3, num_feat=16, num_block=1, num_grow_ch=8).state_dict()
+    torch.save({'params': sd}, tmp_path / 'wide.pth')
     opt = stock.sr_options(data, 'dump')
-    opt['path']['pretrain_network_g'] = str(tmp_path / 'nan.pth')
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'wide.pth')
     out = stock.train(harness.write_options(str(tmp_path / 'o.yml'), opt), tmp_path)
-    stock.assert_refused(out, 'nan.pth', 'conv_first.bias')
+    stock.assert_refused(out, 'wide.pth', 'does not fit', 'conv_first.weight')
     console = out.stdout + out.stderr
     assert 'dataset_enlarge_ratio' not in console and 'milestones' not in console
     log = next((tmp_path / 'experiments' / 'dump').glob('train_dump_*.log')).read_text()
