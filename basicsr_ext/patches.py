@@ -208,11 +208,7 @@ class _SafePretrainedVGG(type(sys)):
             kwargs.pop('weights', None)
             net = real(*args, weights=None, **kwargs)
             if pretrained:
-                import torchvision.models
-                url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
-                local = getattr(sys.modules.get('basicsr.archs.vgg_arch'), 'VGG_PRETRAIN_PATH', None)
-                also = (f'at {os.path.abspath(local)} (BasicSR\'s VGG_PRETRAIN_PATH, under the working directory)'
-                        if local and os.path.basename(local) == os.path.basename(url) else '')
+                url, also = _ours('preflight').released_vgg(name)
                 net.load_state_dict(load(url, check_hash=True, progress=True, also=also))
             return net
 
@@ -598,7 +594,10 @@ PATCHES: tuple[Patch, ...] = (
           'experiment, then fails with a traceback',
           'parse_options is followed by every check the options allow, before any folder is touched: model_type, '
           'network_* and loss blocks against the constructor (did-you-mean), our models\' option checks, the '
-          'dataset checks (not repeated at build), pretrain_network_* files exist',
+          'dataset checks (not repeated at build), pretrain_network_* files read weights-only and finite, the '
+          'weights of every train: loss block (PerceptualLoss\'s VGG, LPIPSLoss, AESOPLoss\'s AE) on disk, a '
+          'missing VGG fetched into torch hub\'s cache first (temporary name, renamed; offline: one line naming '
+          'the file, its URL and the folders)',
           _preflight),
     Patch('installed_root', UPGRADE, 'basicsr installed from PyPI (python -m basicsr.train / basicsr.test)',
           "train.py/test.py use the folder above the basicsr package as root: for an installed basicsr, "

@@ -4,7 +4,7 @@ BasicSR's ``train_pipeline`` / ``test_pipeline`` parse the options, then ``make_
 ``experiments/<name>`` (``results/<name>``) aside to ``<name>_archived_<time>`` and creates a new one, and only
 then builds the datasets and the model, where a mistyped key, a missing folder or a missing checkpoint surfaces.
 A failed launch thus moves the good experiment aside. :func:`check_before_folders` runs, right after
-``parse_options`` (``basicsr_ext.patches``, entry ``preflight``), every check that needs no network weights:
+``parse_options`` (``basicsr_ext.patches``, entry ``preflight``), every check the options allow:
 
 - ``model_type`` registered (did-you-mean);
 - every ``network_*`` block and every loss block of ``train:`` (``*_opt`` with a ``type`` of BasicSR's loss
@@ -15,7 +15,15 @@ A failed launch thus moves the good experiment aside. :func:`check_before_folder
   build does not repeat them);
 - ``path.pretrain_network_*`` (unless a resume will replace it): the file exists, is not empty, reads
   weights-only (a truncated, random or pickle-payload file is refused here, not after the experiment folder was
-  archived) and its weights (``param_key_*``, as the model picks them) are finite.
+  archived) and its weights (``param_key_*``, as the model picks them) are finite;
+- training: the weights every loss block of ``train:`` loads when it is built. BasicSR's ``PerceptualLoss``
+  (``VGGFeatureExtractor``): ``vgg_type`` and the ``layer_weights`` names exist, and the file it will load is
+  there, reads weights-only, is finite and fits torchvision's ``vgg_type`` (names and shapes, against a network on
+  the meta device): ``VGG_PRETRAIN_PATH`` when it exists (as BasicSR decides), else torchvision's released file in
+  torch hub's cache, downloaded there when missing (a temporary name renamed when complete); offline, one
+  CheckpointError names the file, its URL and the folders to put it in. Our losses say what they need through a
+  ``check_pretrained(block)`` classmethod (``LPIPSLoss``: VGG16 and the LPIPS heads, fetched only with
+  ``download: true``; ``AESOPLoss``: the auto-encoder checkpoint of ``autoencoder_load``).
 
 Errors name the option file and the block: OptionError, ConfigError, DatasetError or CheckpointError, which our
 entry points print as one line.
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from typing import Any, Callable, Mapping
 
 from basicsr_ext.utils.options import OptionError, did_you_mean
@@ -140,6 +149,89 @@ def check_pretrain_paths(opt: Mapping[str, Any], source: str) -> None:
             raise CheckpointError(f'{where}: {e}') from None
 
 
+def released_vgg(name: str) -> tuple[str, str]:
+    """(the URL of torchvision's released ImageNet weights of ``name``, e.g. ``vgg19``; the other place BasicSR
+    accepts the file, for the missing-file message: ``VGG_PRETRAIN_PATH`` when it is that file, else '')."""
+    import torchvision.models
+    url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+    local = getattr(sys.modules.get('basicsr.archs.vgg_arch'), 'VGG_PRETRAIN_PATH', None)
+    also = (f'at {os.path.abspath(local)} (BasicSR\'s VGG_PRETRAIN_PATH, under the working directory)'
+            if local and os.path.basename(local) == os.path.basename(url) else '')
+    return url, also
+
+
+def _fits(state: Any, reference: Mapping[str, Any], path: str, what: str) -> None:
+    """``state`` (a loaded weights file) holds exactly ``reference``'s names, with its shapes."""
+    from basicsr_ext.utils.checkpoint import CheckpointError, describe_key_mismatch
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f'{path}: expected a dict of tensors ({what}), got {type(state).__name__}')
+    missing = [k for k in reference if k not in state]
+    unexpected = [k for k in state if k not in reference]
+    if missing or unexpected:
+        raise CheckpointError(f'{describe_key_mismatch(missing, unexpected, path)} ({what})')
+    for k, v in reference.items():
+        shape = tuple(getattr(state[k], 'shape', ()))
+        if shape != tuple(v.shape):
+            raise CheckpointError(f'checkpoint {path} does not fit {what}: {k} {shape} vs {tuple(v.shape)}')
+
+
+def check_basicsr_vgg(block: Mapping[str, Any]) -> None:
+    """BasicSR's ``PerceptualLoss`` block: what its ``VGGFeatureExtractor`` reads when it is built (see the module
+    docstring)."""
+    import basicsr.archs.vgg_arch as vgg_arch
+    import torch
+    import torchvision.models
+
+    from basicsr_ext.utils.checkpoint import hub_folder, load_hub_weights, weights_only_load
+    vgg_type = block.get('vgg_type', 'vgg19')
+    kinds = sorted([*vgg_arch.NAMES, *(f'{k}_bn' for k in vgg_arch.NAMES)])
+    if vgg_type not in kinds:
+        raise OptionError(f'vgg_type {vgg_type!r} is not a VGG BasicSR knows{did_you_mean(str(vgg_type), kinds)}; '
+                          f'one of: {", ".join(kinds)}')
+    names = vgg_arch.NAMES[vgg_type.replace('_bn', '')]
+    names = vgg_arch.insert_bn(names) if 'bn' in vgg_type else names
+    layers = block.get('layer_weights')
+    unknown = [k for k in layers if k not in names] if isinstance(layers, Mapping) else []
+    if unknown:
+        hints = ', '.join(f'{k!r}{did_you_mean(str(k), names)}' for k in unknown)
+        raise OptionError(f'layer_weights: unknown {vgg_type} layer(s) {hints}')
+    local = vgg_arch.VGG_PRETRAIN_PATH
+    if os.path.exists(local):  # what VGGFeatureExtractor loads whatever vgg_type is
+        path, state = local, weights_only_load(local)
+    else:
+        url, also = released_vgg(vgg_type)
+        state = load_hub_weights(url, check_hash=True, progress=True, also=also)
+        path = os.path.join(hub_folder(), os.path.basename(url))
+    with torch.device('meta'):  # names and shapes only: nothing is allocated
+        reference = getattr(torchvision.models, vgg_type)(weights=None).state_dict()
+    _fits(state, reference, path, f"torchvision's {vgg_type}, which VGGFeatureExtractor loads it into")
+
+
+def check_loss_weights(opt: Mapping[str, Any], source: str) -> None:
+    """Training: the weights every loss block of ``train:`` loads when it is built (see the module docstring)."""
+    from basicsr.losses.basic_loss import PerceptualLoss
+    from basicsr.utils.registry import LOSS_REGISTRY
+
+    from basicsr_ext.utils.checkpoint import CheckpointError
+    train = opt.get('train') if opt.get('is_train') else None
+    for key, block in (train or {}).items():
+        if not (isinstance(key, str) and key.endswith('_opt') and isinstance(block, Mapping)):
+            continue
+        loss_type = block.get('type')
+        if not isinstance(loss_type, str) or loss_type not in getattr(LOSS_REGISTRY, '_obj_map', {}):
+            continue
+        cls = LOSS_REGISTRY.get(loss_type)
+        check = getattr(cls, 'check_pretrained', None)
+        if check is None and isinstance(cls, type) and issubclass(cls, PerceptualLoss):
+            check = check_basicsr_vgg
+        if check is None:
+            continue
+        try:
+            check(block)
+        except (CheckpointError, OptionError) as e:
+            raise type(e)(f'{source}, train:{key} ({loss_type}): {e}') from None
+
+
 def check_before_folders(opt: Mapping[str, Any], source: str | None = None) -> None:
     """Every check of the module docstring, in order; raises the first problem."""
     from basicsr_ext.data.checks import check_dataset_options, mark_prechecked
@@ -151,6 +243,7 @@ def check_before_folders(opt: Mapping[str, Any], source: str | None = None) -> N
             check_dataset_options(block)
             mark_prechecked(block)
     check_pretrain_paths(opt, source)
+    check_loss_weights(opt, source)
 
 
 def checked_parse_options(parse: Callable) -> Callable:

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 # the AE loader lives with the AE (the fidelity metric uses it too); the names stay importable here
 from basicsr_ext.archs.aesop_arch import DEFAULT_AUTOENCODER_ARCH, load_frozen_autoencoder  # noqa: F401
+from basicsr_ext.utils.checkpoint import CheckpointError, check_finite, load_checkpoint, pick_state_dict
 
 _CRITERIA = {'l1': F.l1_loss, 'l2': F.mse_loss, 'mse': F.mse_loss}
 
@@ -48,6 +49,24 @@ class AESOPLoss(nn.Module):
         self.criterion = criterion
         self.reduction = reduction
         self.autoencoder = load_frozen_autoencoder(autoencoder_arch, autoencoder_load)
+
+    @classmethod
+    def check_pretrained(cls, block: Mapping[str, Any]) -> None:
+        """What the constructor of ``block`` (a ``train:`` option block) needs on disk, checked before the model is
+        built (``basicsr_ext.preflight``): ``autoencoder_load.path`` exists, reads weights-only, and the weights
+        under its ``key`` (``params_ema`` → ``params`` → the raw dict, as the loader picks them) are finite. Names
+        and shapes are checked against the AE when the loss is built."""
+        load = block.get('autoencoder_load') or {}
+        path = load.get('path') if isinstance(load, Mapping) else None
+        if not path:
+            raise CheckpointError('AESOP auto-encoder: autoencoder_load.path is required (the pretrained AE '
+                                  'checkpoint, e.g. AE_RRDBdecoder_100K.pth with key params_ema)')
+        path, key = str(path), load.get('key', 'params_ema')
+        try:
+            _, state_dict = pick_state_dict(load_checkpoint(path), key, path)
+            check_finite(state_dict, path)
+        except CheckpointError as e:
+            raise CheckpointError(f'AESOP auto-encoder (autoencoder_load: path {path}, key {key!r}): {e}') from None
 
     def train(self, mode: bool = True) -> 'AESOPLoss':
         """The AE stays in eval mode whatever the owner does (frozen loss network)."""

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 from basicsr.utils.registry import LOSS_REGISTRY
 
-from basicsr_ext.utils.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
+from basicsr_ext.utils.checkpoint import (CheckpointError, check_finite, extract_state_dict, fetch_hub_file,
+                                         load_checkpoint)
 
 VGG16_FILE = 'vgg16-397923af.pth'
 LPIPS_VGG_FILE = 'LPIPS_v0.1_vgg-a78928a0.pth'
@@ -47,6 +50,36 @@ def _find(file_name: str, explicit: str | None) -> str | None:
         if os.path.isfile(path):
             return path
     return None
+
+
+def weight_files(vgg_weight_path: str | None = None, lpips_weight_path: str | None = None,
+                 download: bool = False) -> tuple[str, str]:
+    """The two files ``LPIPSLoss(pretrained=True)`` loads (VGG16, LPIPS heads): the explicit paths, else found in
+    :func:`weight_folders`. With ``download``, a missing one is fetched into ``$TORCH_HOME/hub/checkpoints``
+    (``utils.checkpoint.fetch_hub_file``: a temporary name renamed when complete); a file still missing is one
+    LPIPSWeightsMissing naming the files, their URLs and the folders. Nothing is read here."""
+    vgg = _find(VGG16_FILE, vgg_weight_path)
+    lpips = _find(LPIPS_VGG_FILE, lpips_weight_path)
+    if download and (vgg is None or lpips is None):
+        folders = weight_folders()
+        for name, url, found in ((VGG16_FILE, VGG16_URL, vgg), (LPIPS_VGG_FILE, LPIPS_VGG_URL, lpips)):
+            if found is None:
+                try:
+                    fetch_hub_file(url, folders[0], name, check_hash=name == VGG16_FILE, also=folders[1])
+                except CheckpointError as e:
+                    raise LPIPSWeightsMissing(f'LPIPSLoss: {e}') from None
+        vgg, lpips = _find(VGG16_FILE, vgg_weight_path), _find(LPIPS_VGG_FILE, lpips_weight_path)
+    if vgg is None or lpips is None:
+        missing = [f'{n} ({u})' for n, u, f in ((VGG16_FILE, VGG16_URL, vgg), (LPIPS_VGG_FILE, LPIPS_VGG_URL, lpips))
+                   if f is None]
+        where = ' or '.join(weight_folders())
+        explicit = [p for p in (vgg_weight_path, lpips_weight_path) if p and not os.path.isfile(p)]
+        raise LPIPSWeightsMissing(
+            f'LPIPSLoss(pretrained=True) needs weight files that are not on disk: {"; ".join(missing)}. '
+            f'Put them in {where} (TORCH_HOME={os.environ.get("TORCH_HOME", "<unset>")}), or set '
+            'vgg_weight_path / lpips_weight_path, or download: true, or pretrained: false (random '
+            'weights: tests only)' + (f'; not found: {", ".join(explicit)}' if explicit else ''))
+    return vgg, lpips
 
 
 def _vgg16_features() -> nn.Sequential:
@@ -106,15 +139,18 @@ class LPIPSVGG(nn.Module):
             total = total + lin((a - b) ** 2).mean(dim=(2, 3))
         return total.flatten()
 
-    def load_pretrained(self, vgg_path: str, lpips_path: str) -> None:
-        """torchvision's ``vgg16-397923af.pth`` and the LPIPS v0.1 VGG heads (original or pyiqa layout)."""
+    @staticmethod
+    def pretrained_state(vgg_path: str, lpips_path: str) -> 'tuple[OrderedDict[str, torch.Tensor], OrderedDict[str, torch.Tensor]]':
+        """(trunk, heads): the weights of ``features`` and ``lins`` read from torchvision's ``vgg16-397923af.pth``
+        and the LPIPS v0.1 VGG heads (original or pyiqa layout), weights-only, checked finite."""
         vgg = extract_state_dict(load_checkpoint(vgg_path), None, vgg_path)
         heads = extract_state_dict(load_checkpoint(lpips_path), None, lpips_path)
+        check_finite(vgg, vgg_path)
+        check_finite(heads, lpips_path)
         trunk = OrderedDict()
         for k, v in vgg.items():
             if k.startswith('features.') and int(k.split('.')[1]) < _VGG_SLICE_ENDS[-1]:
                 trunk[k[len('features.'):]] = v
-        self.features.load_state_dict(trunk, strict=True)
         lins = OrderedDict()
         for i in range(len(_LPIPS_CHANNELS)):
             for cand in (f'lin{i}.model.1.weight', f'lin{i}.model.0.weight', f'lins.{i}.model.1.weight',
@@ -125,6 +161,12 @@ class LPIPSVGG(nn.Module):
             else:
                 raise CheckpointError(f'{lpips_path}: no LPIPS head for stage {i} (expected key lin{i}.model.1.weight); '
                                       f'keys found: {list(heads)[:8]}')
+        return trunk, lins
+
+    def load_pretrained(self, vgg_path: str, lpips_path: str) -> None:
+        """torchvision's ``vgg16-397923af.pth`` and the LPIPS v0.1 VGG heads (:meth:`pretrained_state`)."""
+        trunk, lins = self.pretrained_state(vgg_path, lpips_path)
+        self.features.load_state_dict(trunk, strict=True)
         self.lins.load_state_dict(lins, strict=True)
 
 
@@ -161,26 +203,30 @@ class LPIPSLoss(nn.Module):
         self.register_buffer('mean', torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if pretrained:
-            vgg = _find(VGG16_FILE, vgg_weight_path)
-            lpips = _find(LPIPS_VGG_FILE, lpips_weight_path)
-            if download and (vgg is None or lpips is None):
-                folder = weight_folders()[0]
-                os.makedirs(folder, exist_ok=True)
-                for name, url, found in ((VGG16_FILE, VGG16_URL, vgg), (LPIPS_VGG_FILE, LPIPS_VGG_URL, lpips)):
-                    if found is None:
-                        torch.hub.download_url_to_file(url, os.path.join(folder, name))
-                vgg, lpips = _find(VGG16_FILE, vgg_weight_path), _find(LPIPS_VGG_FILE, lpips_weight_path)
-            if vgg is None or lpips is None:
-                missing = [f'{n} ({u})' for n, u, f in ((VGG16_FILE, VGG16_URL, vgg), (LPIPS_VGG_FILE, LPIPS_VGG_URL,
-                                                                                         lpips)) if f is None]
-                where = ' or '.join(weight_folders())
-                explicit = [p for p in (vgg_weight_path, lpips_weight_path) if p and not os.path.isfile(p)]
-                raise LPIPSWeightsMissing(
-                    f'LPIPSLoss(pretrained=True) needs weight files that are not on disk: {"; ".join(missing)}. '
-                    f'Put them in {where} (TORCH_HOME={os.environ.get("TORCH_HOME", "<unset>")}), or set '
-                    'vgg_weight_path / lpips_weight_path, or download: true, or pretrained: false (random '
-                    'weights: tests only)' + (f'; not found: {", ".join(explicit)}' if explicit else ''))
-            self.net.load_pretrained(vgg, lpips)
+            self.net.load_pretrained(*weight_files(vgg_weight_path, lpips_weight_path, download))
+
+    @classmethod
+    def check_pretrained(cls, block: Mapping[str, Any]) -> None:
+        """What the constructor of ``block`` (a ``train:`` option block) needs on disk, checked before the model is
+        built (``basicsr_ext.preflight``): with ``pretrained`` (default true) both weight files exist (fetched
+        first with ``download: true``), read weights-only, finite, and fit the network (names and shapes, checked
+        against a network on the meta device: nothing is allocated)."""
+        if not block.get('pretrained', True):
+            return
+        vgg, lpips = weight_files(block.get('vgg_weight_path'), block.get('lpips_weight_path'),
+                                  bool(block.get('download', False)))
+        trunk, lins = LPIPSVGG.pretrained_state(vgg, lpips)
+        with torch.device('meta'):
+            ref = LPIPSVGG()
+        for path, got, want in ((vgg, trunk, ref.features.state_dict()), (lpips, lins, ref.lins.state_dict())):
+            missing = [k for k in want if k not in got]
+            wrong = [k for k in want if k in got and tuple(got[k].shape) != tuple(want[k].shape)]
+            if missing or wrong:
+                k = (missing or wrong)[0]
+                raise CheckpointError(f'{path} does not fit LPIPS-VGG: ' + (
+                    f'{len(missing)} missing keys (first: {k})' if missing else
+                    f'{len(wrong)} tensors of the wrong shape (first: {k} {tuple(got[k].shape)} vs '
+                    f'{tuple(want[k].shape)})'))
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         if self.official_normalization:

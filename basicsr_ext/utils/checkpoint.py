@@ -124,31 +124,43 @@ def hub_folder() -> str:
     return os.path.join(torch.hub.get_dir(), 'checkpoints')
 
 
+def fetch_hub_file(url: str, model_dir: str | None = None, file_name: str | None = None, check_hash: bool = False,
+                   progress: bool = True, also: str = '') -> str:
+    """The path of ``url``'s file in ``model_dir`` (default :func:`hub_folder`), downloaded when it is missing.
+
+    The download goes to a hidden temporary name in that folder (:func:`basicsr_ext.utils.atomic.atomic_write`)
+    and is renamed only when complete (``check_hash``: and the hash prefix in its name verified), so an
+    interrupted or failed download never leaves a file under the final name. When the file is missing and cannot
+    be downloaded (offline) the CheckpointError names the file, the URL and the folder to put it in (``also``:
+    another accepted place). The file is not read here."""
+    folder = model_dir or hub_folder()
+    name = file_name or os.path.basename(url.split('?', 1)[0])
+    cached = os.path.join(folder, name)
+    if os.path.isfile(cached):
+        return cached
+    try:
+        hash_prefix = None
+        if check_hash:
+            match = torch.hub.HASH_REGEX.search(name)
+            hash_prefix = match.group(1) if match else None
+        atomic_write(cached, lambda tmp: torch.hub.download_url_to_file(url, tmp, hash_prefix, progress=progress))
+    except Exception as e:  # noqa: BLE001 - offline, HTTP error, wrong hash, read-only folder: one message
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        raise CheckpointError(
+            f'weights file {name} is not on disk and could not be downloaded from {url} '
+            f'({type(e).__name__}{": " + reason if reason else ""}): put {name} in {folder} '
+            f'(TORCH_HOME={os.environ.get("TORCH_HOME", "<unset>")}){" or " + also if also else ""}') from None
+    return cached
+
+
 def load_hub_weights(url: str, model_dir: str | None = None, map_location: Any = None, progress: bool = True,
                      check_hash: bool = False, file_name: str | None = None, weights_only: Any = True,
                      also: str = '') -> Any:
     """``torch.hub.load_state_dict_from_url``, weights-only whatever ``weights_only`` says: the cached file
     (``model_dir``, default :func:`hub_folder`) is read with :func:`weights_only_load`; a missing one is downloaded
-    (``check_hash``: the hash prefix in its name is verified). When it is missing and cannot be downloaded (offline)
-    the CheckpointError names the file, the URL and the folder to put it in (``also``: another accepted place)."""
-    folder = model_dir or hub_folder()
-    name = file_name or os.path.basename(url.split('?', 1)[0])
-    cached = os.path.join(folder, name)
-    if not os.path.isfile(cached):
-        try:
-            os.makedirs(folder, exist_ok=True)
-            hash_prefix = None
-            if check_hash:
-                match = torch.hub.HASH_REGEX.search(name)
-                hash_prefix = match.group(1) if match else None
-            torch.hub.download_url_to_file(url, cached, hash_prefix, progress=progress)
-        except Exception as e:  # noqa: BLE001 - offline, HTTP error, wrong hash, read-only folder: one message
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
-            raise CheckpointError(
-                f'weights file {name} is not on disk and could not be downloaded from {url} '
-                f'({type(e).__name__}{": " + reason if reason else ""}): put {name} in {folder} '
-                f'(TORCH_HOME={os.environ.get("TORCH_HOME", "<unset>")}){" or " + also if also else ""}') from None
-    return weights_only_load(cached, map_location)
+    atomically by :func:`fetch_hub_file` (``check_hash``: the hash prefix in its name is verified), whose
+    CheckpointError names the file, the URL and the folder to put it in when that fails (offline)."""
+    return weights_only_load(fetch_hub_file(url, model_dir, file_name, check_hash, progress, also), map_location)
 
 
 def atomic_save(obj: Any, path: str, save_fn: Callable[[Any, str], None] | None = None) -> None:
