@@ -597,7 +597,8 @@ PATCHES: tuple[Patch, ...] = (
           'dataset checks (not repeated at build), pretrain_network_* files read weights-only and finite, the '
           'weights of every train: loss block (PerceptualLoss\'s VGG, LPIPSLoss, AESOPLoss\'s AE) on disk, a '
           'missing VGG fetched into torch hub\'s cache first (temporary name, renamed; offline: one line naming '
-          'the file, its URL and the folders)',
+          'the file, its URL and the folders); then a training run\'s models/ and training_states/ lose the '
+          '.<name>.<random>.tmp files a kill while saving left there (one line with the count)',
           _preflight),
     Patch('installed_root', UPGRADE, 'basicsr installed from PyPI (python -m basicsr.train / basicsr.test)',
           "train.py/test.py use the folder above the basicsr package as root: for an installed basicsr, "

@@ -25,6 +25,9 @@ A failed launch thus moves the good experiment aside. :func:`check_before_folder
   ``check_pretrained(block)`` classmethod (``LPIPSLoss``: VGG16 and the LPIPS heads, fetched only with
   ``download: true``; ``AESOPLoss``: the auto-encoder checkpoint of ``autoencoder_load``).
 
+Once every check passed, a training run's ``models/`` and ``training_states/`` lose the temporary files a
+process killed while saving left there (:func:`remove_stale_temp_files`).
+
 Errors name the option file and the block: OptionError, ConfigError, DatasetError or CheckpointError, which our
 entry points print as one line.
 """
@@ -246,11 +249,32 @@ def check_before_folders(opt: Mapping[str, Any], source: str | None = None) -> N
     check_loss_weights(opt, source)
 
 
+def remove_stale_temp_files(opt: Mapping[str, Any]) -> list[str]:
+    """Training, rank 0: the temporary files our atomic writer left in the run's ``models/`` and
+    ``training_states/`` when a process was killed while saving (``.<name>.<random>.tmp``, nothing else:
+    ``utils.atomic.remove_stale_temps``) are removed, with one line giving their count; returns their paths. Run
+    once every check passed, before the run writes (a resume, or BasicSR archiving the folder)."""
+    from basicsr_ext.utils.atomic import remove_stale_temps
+    if not opt.get('is_train') or opt.get('rank', 0) != 0:
+        return []
+    path = opt.get('path') or {}
+    folders = [path[k] for k in ('models', 'training_states') if isinstance(path.get(k), (str, os.PathLike))]
+    removed = [p for folder in folders for p in remove_stale_temps(folder)]
+    if removed:
+        n = len(removed)
+        print(f'Removed {n} stale temporary file{"" if n == 1 else "s"} of an interrupted save '
+              f'({", ".join(os.path.basename(p) for p in removed[:3])}{", ..." if n > 3 else ""}) from '
+              f'{" and ".join(str(f) for f in folders)}', flush=True)
+    return removed
+
+
 def checked_parse_options(parse: Callable) -> Callable:
-    """``parse_options`` followed by :func:`check_before_folders` (what ``basicsr_ext.patches`` installs)."""
+    """``parse_options`` followed by :func:`check_before_folders`, then :func:`remove_stale_temp_files` (what
+    ``basicsr_ext.patches`` installs)."""
     def parse_options(root_path, is_train=True):
         opt, args = parse(root_path, is_train=is_train)
         check_before_folders(opt, getattr(args, 'opt', None) or opt.get('opt_path'))
+        remove_stale_temp_files(opt)
         return opt, args
 
     parse_options.__doc__ = parse.__doc__

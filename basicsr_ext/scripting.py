@@ -208,6 +208,60 @@ def train_steps(opt: dict, batch_fn: Callable[[], dict], iters: int, log: Callab
     return model
 
 
+def bicubic_x4_pair(gt: torch.Tensor) -> dict:
+    """``{'gt': gt, 'lq': ...}`` with the LR = antialiased bicubic x4 of ``gt`` rounded to 8 bits."""
+    from torch.nn import functional as F
+    lq = F.interpolate(gt, scale_factor=0.25, mode='bicubic', antialias=True, align_corners=False).clamp(0, 1)
+    return {'gt': gt, 'lq': (lq * 255).round() / 255}
+
+
+#: iterations of :func:`train_quickstart_tvqrap` (tokenizer, stage II, RAP): the accuracy guard's default
+QUICK_TVQRAP_ITERS = (10, 10, 5)
+
+
+def train_quickstart_tvqrap(workdir: str, iters: Sequence[int] = QUICK_TVQRAP_ITERS, seed: int = 0,
+                            device: str = 'cpu', batch: int = 2,
+                            log: Callable[[str], Any] | None = None) -> tuple[dict, dict]:
+    """The quickstart TVQ&RAP, trained in memory: the tokenizer (stage I), stage II and RAP of
+    ``options/quickstart/`` for ``iters`` iterations each, every stage with its option file's recipe (schedule
+    stretched by :func:`fit_schedule`, EMA off), on random 128² crops (and flips) of :data:`TOY_TRAIN_PHOTOS`, LR =
+    :func:`bicubic_x4_pair`; chelsea and coffee stay held out. Returns ``(network_g options, state dict of the RAP
+    network on the CPU)``, ready for ``build_network`` + ``load_state_dict``. Checkpoints between stages go to
+    ``workdir``; the caller's torch RNG state is left as it was.
+
+    Trained weights, not random ones, are what the bf16 accuracy guard needs: a random frozen decoder amplifies
+    every rounding (bf16 vs fp32 ~33 dB, ~93 % equal code indices), a trained one does not (> 50 dB, > 99 %; even
+    the default 10 + 10 + 5 iterations, ~10 s on 2 CPU cores)."""
+    from basicsr_ext.utils.checkpoint import atomic_save
+    if len(iters) != 3 or min(iters) < 1:
+        raise ValueError(f'iters {tuple(iters)!r}: three counts >= 1 (tokenizer, stage II, RAP)')
+    log = log or (lambda _msg: None)
+    photos = [photo_rgb01(name, 512) for name in TOY_TRAIN_PHOTOS]
+    tok_path, s2_path = osp.join(workdir, 'quick_tokenizer.pth'), osp.join(workdir, 'quick_stage2.pth')
+
+    def save(model: Any, path: str) -> None:
+        sd = model.get_bare_model(model.net_g).state_dict()
+        atomic_save({'params': sd, 'params_ema': sd}, path)
+
+    with torch.random.fork_rng(devices=[]):
+        model = None
+        for stage, (file, n) in enumerate(zip(('tvq_tokenizer.yml', 'tvqrap_stage2.yml', 'tvqrap_rap.yml'), iters)):
+            torch.manual_seed(seed + stage)
+            opt = quickstart_options(file, workdir)
+            if stage == 1:
+                opt['path'].update(pretrain_network_tok=tok_path, pretrain_network_g=None)
+            elif stage == 2:
+                opt['path'].update(pretrain_network_tok=tok_path, pretrain_network_g=s2_path, param_key_g='params')
+            on_device(fit_schedule(opt, n), device)
+            sample = crop_sampler(photos, batch, 128, seed=seed + stage)
+            batch_fn = (lambda s=sample: {'gt': s()}) if stage == 0 else (lambda s=sample: bicubic_x4_pair(s()))
+            model = train_steps(opt, batch_fn, n, log, ('stage I', 'stage II', 'RAP')[stage])
+            if stage < 2:
+                save(model, (tok_path, s2_path)[stage])
+        net = model.get_bare_model(model.net_g)
+        return dict(opt['network_g']), {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
 def timed_step(model: Any, data: dict, current_iter: int) -> float:
     """Seconds one ``optimize_parameters`` of ``model`` takes on ``data`` (CUDA synchronised around it)."""
     cuda = torch.device(getattr(model, 'device', 'cpu')).type == 'cuda'

@@ -9,8 +9,9 @@
 2. Golden equivalence on CUDA (the released networks' official outputs, tests/data/golden, weights from the fill
    rule of tests/golden_rule.py): fp32 with TF32 off within 1e-3 and code indices identical; fp16 / bf16
    autocast reported as PSNR vs the golden image and index agreement.
-3. ``basicsr-ext-infer`` in fp16 and bf16 (and fp32) on 3 photos with the trained quickstart TVQ&RAP
-   (tests/test_precision/data): exit 0, PSNR of the low-precision outputs vs fp32 reported.
+3. ``basicsr-ext-infer`` in fp16 and bf16 (and fp32) on 3 photos with the quickstart TVQ&RAP trained in memory
+   first (``scripting.train_quickstart_tvqrap``, a few dozen steps): exit 0, PSNR of the low-precision outputs vs
+   fp32 reported.
 4. A 1-process NCCL process group (BasicSR's ``init_dist('pytorch')`` as patched by basicsr_ext) and one DDP
    training step of the RAP model (``dist: true``).
 5. ``scripts/bench/bench_infer.py`` on CUDA (64², 128², 256², the CLI comparison at 128²), its tables printed.
@@ -55,13 +56,12 @@ if __name__ == '__main__' and skipped_without_cuda(sys.argv[1:]):
 import basicsr_ext  # noqa: E402,F401  (compat first)
 
 from basicsr_ext.scripting import (REPO_ROOT, markdown_table, option_file, photo_rgb01,  # noqa: E402
-                                   random_frozen_checkpoints, training_options)
+                                   random_frozen_checkpoints, train_quickstart_tvqrap, training_options)
 from basicsr_ext.utils import precision as P  # noqa: E402
 from basicsr_ext.utils.checkpoint import atomic_save  # noqa: E402
 
 MODELS = (('AESOP AE', 'aesop_autoencoder.yml'), ('AESOP', 'aesop_rrdb.yml'), ('TVQ tokenizer', 'tvq_tokenizer.yml'),
           ('TVQ&RAP stage II', 'tvqrap_stage2.yml'), ('TVQ&RAP RAP', 'tvqrap_rap.yml'))
-TRAINED_TVQRAP = osp.join(REPO_ROOT, 'tests', 'test_precision', 'data', 'tvqrap_quickstart_rap.pt')
 GOLDEN_RULE = osp.join(REPO_ROOT, 'tests', 'golden_rule.py')
 TOL = 1e-3
 
@@ -295,18 +295,16 @@ def golden_check(build: Callable, run: Callable, device: torch.device, precision
 
 # ------------------------------------------------------------------------------------------ 3. the CLI
 def cli_check(device: torch.device, precisions: list[str]) -> list[tuple[str, bool, float, str]]:
-    """basicsr-ext-infer on 3 photos with the trained quickstart TVQ&RAP in each precision."""
+    """basicsr-ext-infer on 3 photos with the quickstart TVQ&RAP (trained here, on ``device``) in each precision."""
     import cv2
     import numpy as np
 
     from basicsr_ext.utils.image_io import read_image
-    ckpt = torch.load(TRAINED_TVQRAP, weights_only=True)
-    opt = dict(ckpt['network_g'])
     results = []
     with tempfile.TemporaryDirectory(prefix='gpu_check_cli_') as work:
+        opt, params = train_quickstart_tvqrap(work, device=device.type)
         weights = osp.join(work, 'tvqrap.pth')
-        atomic_save({'params': {k: v.float() if v.is_floating_point() else v for k, v in ckpt['params'].items()}},
-                    weights)
+        atomic_save({'params': params}, weights)
         src = osp.join(work, 'in')
         os.makedirs(src)
         for name in ('chelsea', 'coffee', 'rocket'):

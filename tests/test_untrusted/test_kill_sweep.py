@@ -6,7 +6,9 @@ epoch, so states fall mid-epoch). One chain of processes, each started with ``--
 different moment: inside an optimizer step, half-way through writing a network file, half-way through writing a
 training state, after a file is complete but before its rename, right after a complete save, right after a
 resume; the last process runs to the end. Its weights must equal an uninterrupted run's bit for bit, every resume
-must start from the newest complete state, and no half file may ever sit under a final name (no fallback warning).
+must start from the newest complete state, no half file may ever sit under a final name (no fallback warning), and
+each process removes the temporary file the previous kill left (one line with the count), so none is left at the
+end.
 
 The kill comes from inside the process (``os.kill(getpid(), SIGKILL)`` at the n-th call of ``torch.save``,
 ``os.replace`` or ``Adam.step``), so each moment is hit exactly rather than by timing.
@@ -74,21 +76,28 @@ runpy.run_path(train, run_name='__main__')
 '''
 
 ITERS = 6
-#: (where the process is killed, the iteration it must have resumed from); absolute iterations in the comments
+#: (where the process is killed, the iteration it must have resumed from, the stale temporary files of the previous
+#: kill it must have removed at its start); absolute iterations in the comments
 CHAIN = [
-    ('step:3', None),             # fresh run, killed inside iteration 3's optimizer step (states 1, 2 complete)
-    ('save_half:1', 2),           # half of net_g_3's temporary file written
-    ('replace_before:2', 2),      # net_g_3.pth renamed, 3.state complete but not renamed
-    ('save_half:2', 2),           # half of 3.state's temporary file written
-    ('replace_after:4', 2),       # 4.state renamed: iterations 3 and 4 saved completely, killed right after
-    ('step:1', 4),                # killed at the first step after loading the state of iteration 4
-    ('replace_before:1', 4),      # net_g_5.pth complete, not renamed
-    (None, 4),                    # runs to the end
+    ('step:3', None, 0),             # fresh run, killed inside iteration 3's optimizer step (states 1, 2 complete)
+    ('save_half:1', 2, 0),           # half of net_g_3's temporary file written
+    ('replace_before:2', 2, 1),      # net_g_3.pth renamed, 3.state complete but not renamed
+    ('save_half:2', 2, 1),           # half of 3.state's temporary file written
+    ('replace_after:4', 2, 1),       # 4.state renamed: iterations 3 and 4 saved completely, killed right after
+    ('step:1', 4, 0),                # killed at the first step after loading the state of iteration 4
+    ('replace_before:1', 4, 0),      # net_g_5.pth complete, not renamed
+    (None, 4, 1),                    # runs to the end
 ]
 
 
 def _opt(data):
     return stock.sr_options(data, 'sweep', iters=ITERS, save_freq=1, dataset_enlarge_ratio=3)
+
+
+def _stale_removed(text):
+    counts = [int(line.split()[1]) for line in text.splitlines() if ' stale temporary file' in line]
+    assert len(counts) <= 1, text[-3000:]  # one line
+    return counts[0] if counts else 0
 
 
 def _resumed_from(text):
@@ -107,7 +116,7 @@ def test_kill_9_at_any_moment_then_auto_resume_continues_exactly(tmp_path):
     opt_path = harness.write_options(str(swept / 'o.yml'), _opt(data))
     killer = tmp_path / 'killer.py'
     killer.write_text(KILLER)
-    for kill_at, resumed in CHAIN:
+    for kill_at, resumed, stale in CHAIN:
         env = dict(harness.env(), TRAIN_SCRIPT=harness.TRAIN)
         if kill_at:
             env['KILL_AT'] = kill_at
@@ -119,6 +128,7 @@ def test_kill_9_at_any_moment_then_auto_resume_continues_exactly(tmp_path):
         expected_rc = -signal.SIGKILL if kill_at else 0
         assert out.returncode == expected_rc, (kill_at, out.returncode, text[-3000:])
         assert _resumed_from(text) == resumed, (kill_at, text[-3000:])
+        assert _stale_removed(text) == stale, (kill_at, text[-3000:])
         assert 'warning: --auto_resume' not in text, (kill_at, text[-3000:])  # never a half file under its name
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-3000:]
@@ -130,3 +140,5 @@ def test_kill_9_at_any_moment_then_auto_resume_continues_exactly(tmp_path):
     first = torch.load(straight / models / 'net_g_1.pth', weights_only=True)['params']
     assert not all(torch.equal(a[k], first[k]) for k in a)  # it did train
     assert sorted(os.listdir(swept / 'experiments')) == ['sweep']  # nothing archived along the way
+    for sub in ('models', 'training_states'):  # no temporary file of an interrupted save is left
+        assert not [f for f in os.listdir(swept / 'experiments' / 'sweep' / sub) if f.endswith('.tmp')], sub
