@@ -22,7 +22,7 @@ import torch
 from basicsr_ext.models.validation import ValidationMixin
 from basicsr_ext.utils.checkpoint import load_network, save_network
 from basicsr_ext.utils.options import ConfigError, did_you_mean
-from basicsr_ext.utils.precision import fp32_region, inference_autocast, resolve_precision
+from basicsr_ext.utils.precision import fp32_region, inference_autocast, resolve_precision, warn_slow_training_precision
 from basicsr_ext.utils.tiling import TILE_NORMS, arch_multiple, tiled_forward
 from basicsr_ext.utils.training_state import resume_training, save_training_state
 
@@ -94,6 +94,7 @@ class EngineMixin(ValidationMixin):
         self.amp_dtype = _AMP_DTYPES[dtype_name]
         if self.use_amp and self.amp_dtype == torch.float16 and self.device.type == 'cpu':
             raise ConfigError('train.amp_dtype: fp16 autocast is for GPUs; use bf16 on CPU')
+        warn_slow_training_precision(self.device, self.use_amp, self.amp_dtype)  # bf16 on a CPU without bf16 units
         self.grad_clip = train_opt.get('grad_clip')
         if self.grad_clip is not None and float(self.grad_clip) <= 0:
             raise ConfigError(f'train.grad_clip must be a positive max norm, got {self.grad_clip}')
