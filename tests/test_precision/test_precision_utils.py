@@ -83,3 +83,17 @@ def test_warm_up_runs_the_function_under_no_grad():
 
     P.warm_up(fn, torch.zeros(1, 3, 4, 4), passes=2)
     assert calls == [False, False]
+
+
+@pytest.mark.parametrize('device, use_amp, dtype, flags, warns', [
+    ('cpu', True, torch.bfloat16, ZEN3, True), ('cpu', True, 'bf16', ZEN3, True),
+    ('cpu', True, torch.bfloat16, AMX, False), ('cpu', True, torch.bfloat16, AVX512_BF16, False),
+    ('cpu', False, torch.bfloat16, ZEN3, False), ('cpu', True, torch.float16, ZEN3, False),
+    ('cuda', True, torch.bfloat16, ZEN3, False), ('cpu', True, torch.bfloat16, set(), False)])
+def test_slow_training_precision_warning_only_for_bf16_on_a_cpu_without_bf16_units(device, use_amp, dtype, flags,
+                                                                                   warns):
+    msg = P.slow_training_precision_warning(device, use_amp, dtype, flags=flags)
+    assert (msg is not None) == warns
+    if warns:  # one line naming the flags, the cost and the way out
+        assert '\n' not in msg and 'amx_bf16' in msg and 'avx512_bf16' in msg
+        assert 'reference convolution' in msg and '100x' in msg and 'use_amp: false' in msg
