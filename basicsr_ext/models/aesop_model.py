@@ -71,9 +71,6 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
         if not opt.get('network_d'):
             raise ConfigError('network_d is required (VGGStyleDiscriminator or UNetDiscriminatorSN)')
         check_discriminator_size(opt)
-        if train.get('channels_last') and (opt.get('network_d') or {}).get('type') == 'VGGStyleDiscriminator':
-            raise ConfigError('train.channels_last does not work with VGGStyleDiscriminator (its flatten uses '
-                              '.view, which fails on channels_last features); leave channels_last off')
 
     def init_training_settings(self) -> None:
         super().init_training_settings()  # EMA, net_d, pixel/ldl/perceptual/gan losses, optimizers
@@ -82,12 +79,28 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
             self.cri_ldl = build_loss(dict(train_opt['artifacts_opt'])).to(self.device)
         self.cri_aesop = build_loss(dict(train_opt['aesop_opt'])).to(self.device) if train_opt.get('aesop_opt') \
             else None
+        if self.cri_aesop is not None and self.channels_last:  # the frozen AE takes the generator's NHWC output
+            self.cri_aesop.autoencoder.to(memory_format=torch.channels_last)
+
+    #: discriminators whose forward cannot take channels_last features (a flatten by ``.view``): kept NCHW
+    NCHW_DISCRIMINATORS = ('VGGStyleDiscriminator',)
+
+    def setup_engine(self) -> None:
+        """The engine's switches; with ``train.channels_last`` the generator (and its EMA) as the engine sets them
+        and the frozen AESOP AE (in :meth:`init_training_settings`, built after this) are channels_last; the
+        discriminator only when it can take it: ``VGGStyleDiscriminator``'s flatten is a ``.view``, which fails on
+        channels_last features, so it stays NCHW and is fed contiguous inputs (:meth:`d_input`)."""
+        super().setup_engine()
+        self.d_channels_last = self.channels_last and \
+            (self.opt.get('network_d') or {}).get('type') not in self.NCHW_DISCRIMINATORS
+        if self.channels_last and not self.d_channels_last:  # in place: optimizer_d keeps its parameters
+            self.net_d = self.net_d.to(memory_format=torch.contiguous_format)
 
     # ---- training ----------------------------------------------------------------------------------------
     def loss_targets(self) -> dict[str, torch.Tensor]:
         """Which GT each loss compares with (synthetic: the plain GT for all)."""
         gt = self.to_memory_format(self.gt)
-        return {'pix': gt, 'aesop': gt, 'ldl': gt, 'percep': gt, 'gan': gt}
+        return {'pix': gt, 'aesop': gt, 'ldl': gt, 'percep': gt, 'gan': self.d_input(self.gt)}
 
     def generator_losses(self, lq: torch.Tensor, targets: Mapping[str, torch.Tensor],
                          loss_dict: OrderedDict) -> torch.Tensor:
@@ -121,8 +134,8 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
         return total
 
     def d_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Discriminator input in the engine's memory format (SwinIR outputs are not contiguous)."""
-        return self.to_memory_format(x) if getattr(self, 'channels_last', False) else x.contiguous()
+        """Discriminator input in the discriminator's memory format (SwinIR outputs are not contiguous)."""
+        return self.to_memory_format(x) if getattr(self, 'd_channels_last', False) else x.contiguous()
 
     def generator_gan_loss(self, gan_gt: torch.Tensor, loss_dict: OrderedDict) -> torch.Tensor:
         """Relativistic average GAN (ESRGAN) with BasicSR's GANLoss (vanilla in the paper)."""
@@ -215,7 +228,7 @@ class AESOPRealESRGANModel(AESOPESRGANModel):
         def pick(key: str, default: bool) -> torch.Tensor:
             return usm if self.opt.get(key, default) else gt
         return {'pix': pick('l1_gt_usm', True), 'aesop': pick('aesop_gt_usm', False), 'ldl': gt,
-                'percep': pick('percep_gt_usm', True), 'gan': pick('gan_gt_usm', False)}
+                'percep': pick('percep_gt_usm', True), 'gan': self.d_input(pick('gan_gt_usm', False))}
 
     def generator_gan_loss(self, gan_gt: torch.Tensor, loss_dict: OrderedDict) -> torch.Tensor:
         with self.autocast():
