@@ -75,20 +75,26 @@ def check_constructor_keys(cls: Any, block: Mapping[str, Any], where: str) -> No
 
 def check_networks_and_losses(opt: Mapping[str, Any], source: str) -> None:
     """``network_*`` blocks and the loss blocks of ``train:`` (see the module docstring)."""
-    from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+    from basicsr.utils.registry import ARCH_REGISTRY
     for key, block in opt.items():
         if isinstance(key, str) and key.startswith('network_') and isinstance(block, Mapping) and 'type' in block:
             where = f'{source}, {key} ({block.get("type")})'
             check_constructor_keys(registered(ARCH_REGISTRY, block['type'], 'arch', where), block, where)
+    for key, block, loss_type, cls in registered_loss_blocks(opt):
+        check_constructor_keys(cls, block, f'{source}, train:{key} ({loss_type})')
+
+
+def registered_loss_blocks(opt: Mapping[str, Any]):
+    """Training only: ``(key, block, type, class)`` of every ``train:<key>_opt`` block whose ``type`` is a registered
+    loss (other ``*_opt`` blocks are read by a model its own way)."""
+    from basicsr.utils.registry import LOSS_REGISTRY
     train = opt.get('train') if opt.get('is_train') else None
     for key, block in (train or {}).items():
         if not (isinstance(key, str) and key.endswith('_opt') and isinstance(block, Mapping)):
             continue
         loss_type = block.get('type')
-        if not isinstance(loss_type, str) or loss_type not in getattr(LOSS_REGISTRY, '_obj_map', {}):
-            continue  # not a loss block of the registry (a model reads it its own way)
-        where = f'{source}, train:{key} ({loss_type})'
-        check_constructor_keys(LOSS_REGISTRY.get(loss_type), block, where)
+        if isinstance(loss_type, str) and loss_type in getattr(LOSS_REGISTRY, '_obj_map', {}):
+            yield key, block, loss_type, LOSS_REGISTRY.get(loss_type)
 
 
 def check_model(opt: Mapping[str, Any], source: str) -> None:
@@ -213,17 +219,9 @@ def check_basicsr_vgg(block: Mapping[str, Any]) -> None:
 def check_loss_weights(opt: Mapping[str, Any], source: str) -> None:
     """Training: the weights every loss block of ``train:`` loads when it is built (see the module docstring)."""
     from basicsr.losses.basic_loss import PerceptualLoss
-    from basicsr.utils.registry import LOSS_REGISTRY
 
     from basicsr_ext.utils.checkpoint import CheckpointError
-    train = opt.get('train') if opt.get('is_train') else None
-    for key, block in (train or {}).items():
-        if not (isinstance(key, str) and key.endswith('_opt') and isinstance(block, Mapping)):
-            continue
-        loss_type = block.get('type')
-        if not isinstance(loss_type, str) or loss_type not in getattr(LOSS_REGISTRY, '_obj_map', {}):
-            continue
-        cls = LOSS_REGISTRY.get(loss_type)
+    for key, block, loss_type, cls in registered_loss_blocks(opt):
         check = getattr(cls, 'check_pretrained', None)
         if check is None and isinstance(cls, type) and issubclass(cls, PerceptualLoss):
             check = check_basicsr_vgg
