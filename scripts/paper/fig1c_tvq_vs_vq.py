@@ -2,7 +2,8 @@
 vanilla VQ at equal codebook sizes.
 
 Both tokenizers are the quickstart's reduced-width ``TVQTokenizer`` (options/quickstart/tvq_tokenizer.yml: one
-norm group, zero-initialised residual branches, the quantizer settings that keep the texture path alive, warm-up + cosine LR, dead-code re-initialisation),
+norm group, zero-initialised residual branches, the quantizer settings that keep the texture path alive, warm-up +
+cosine LR, dead-code re-initialisation),
 ``structure: true`` (TVQ: continuous structure latent at H/32 + quantised texture) vs ``structure: false`` (vanilla
 VQ: everything through the codebook), trained by ``TVQTokenizerModel`` with the same recipe, batches and number of
 iterations on random 128x128 crops (a 4x4 structure grid; 64 crops leave a 2x2 grid that is all border) of
