@@ -21,7 +21,7 @@ def load_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
     Raises CheckpointError naming the file when it is missing, truncated, or needs arbitrary unpickling.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise CheckpointError(f'checkpoint path must be a string, got {type(path).__name__}')
+        raise CheckpointError(f'expected a checkpoint file path, got {type(path).__name__} {path!r}')
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint file not found: {path}')
     if os.path.getsize(path) == 0:
