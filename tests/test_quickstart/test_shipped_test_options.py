@@ -24,17 +24,8 @@ def _labelled_steps():
 def _expected(qs, step):
     from basicsr_ext.utils.options import load_option_file
     train = qs.apply_force(load_option_file(osp.join(OPTIONS, step.option)), step.force)
-    test = qs.generic_test_option(train)
-    test['path']['param_key_g'] = qs.choose_param_key(train, int(train['train']['total_iter']))
+    test = qs.generic_test_option(train, qs.choose_param_key(train, int(train['train']['total_iter'])))
     return train, test
-
-
-def _plain(o):
-    if isinstance(o, dict):
-        return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_plain(v) for v in o]
-    return o
 
 
 def test_every_method_with_a_row_ships_its_test_option():
@@ -51,8 +42,8 @@ def test_shipped_test_option_is_in_step_with_its_training_option(option):
     qs = _qs()
     step = next(s for s in _labelled_steps() if s.option == option)
     train, expected = _expected(qs, step)
-    shipped = _plain(load_option_file(osp.join(OPTIONS, step.test_option or f'test_{step.option}')))
-    expected = _plain(expected)
+    shipped = qs.plain_data(load_option_file(osp.join(OPTIONS, step.test_option or f'test_{step.option}')))
+    expected = qs.plain_data(expected)
     fix = (f'options/quickstart/test_{option} is out of step with {option}; what scripts/quickstart.py would '
            f'generate:\n{yaml.safe_dump(expected, sort_keys=False)}')
     # what every shipped file must share with the generated one: what runs, on which data, which weights file
