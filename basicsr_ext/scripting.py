@@ -215,6 +215,14 @@ def bicubic_x4_pair(gt: torch.Tensor) -> dict:
     return {'gt': gt, 'lq': (lq * 255).round() / 255}
 
 
+def save_net_g(model: Any, path: str) -> None:
+    """The trained ``net_g`` of an in-process model as a checkpoint the next stage loads (``params`` and
+    ``params_ema`` both the current weights), written atomically."""
+    from basicsr_ext.utils.checkpoint import atomic_save
+    sd = model.get_bare_model(model.net_g).state_dict()
+    atomic_save({'params': sd, 'params_ema': sd}, path)
+
+
 #: iterations of :func:`train_quickstart_tvqrap` (tokenizer, stage II, RAP): the accuracy guard's default
 QUICK_TVQRAP_ITERS = (10, 80, 5)
 
@@ -233,16 +241,11 @@ def train_quickstart_tvqrap(workdir: str, iters: Sequence[int] = QUICK_TVQRAP_IT
     every rounding (bf16 vs fp32 ~31 dB), a trained one does not (54-57 dB). The default 10 + 80 + 5 iterations
     (~20 s on one CPU core) give 99.0-99.7 % equal code indices with 30-45 codes in use on the held-out photos
     (seeds 0-2); shorter stage-II runs leave flat logits (94.7-99.7 % over seeds at 20 + 10 + 5)."""
-    from basicsr_ext.utils.checkpoint import atomic_save
     if len(iters) != 3 or min(iters) < 1:
         raise ValueError(f'iters {tuple(iters)!r}: three counts >= 1 (tokenizer, stage II, RAP)')
     log = log or (lambda _msg: None)
     photos = [photo_rgb01(name, 512) for name in TOY_TRAIN_PHOTOS]
     tok_path, s2_path = osp.join(workdir, 'quick_tokenizer.pth'), osp.join(workdir, 'quick_stage2.pth')
-
-    def save(model: Any, path: str) -> None:
-        sd = model.get_bare_model(model.net_g).state_dict()
-        atomic_save({'params': sd, 'params_ema': sd}, path)
 
     with torch.random.fork_rng(devices=[]):
         model = None
@@ -258,7 +261,7 @@ def train_quickstart_tvqrap(workdir: str, iters: Sequence[int] = QUICK_TVQRAP_IT
             batch_fn = (lambda s=sample: {'gt': s()}) if stage == 0 else (lambda s=sample: bicubic_x4_pair(s()))
             model = train_steps(opt, batch_fn, n, log, ('stage I', 'stage II', 'RAP')[stage])
             if stage < 2:
-                save(model, (tok_path, s2_path)[stage])
+                save_net_g(model, (tok_path, s2_path)[stage])
         net = model.get_bare_model(model.net_g)
         return dict(opt['network_g']), {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 

@@ -29,33 +29,17 @@ import numpy as np
 import torch
 from basicsr.metrics import calculate_psnr
 from basicsr.utils import tensor2img
-from torch.nn import functional as F
 
 from basicsr_ext import scripting
-from basicsr_ext.utils.checkpoint import atomic_save
 
 CROP = 128      # the held-out tiles and the training crops (a 4x4 grid of the H/32 structure latent)
 MAX_SIDE = 512  # as the quickstart's photos
 
 
-def bicubic_x4_down(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=0.25, mode='bicubic', antialias=True, align_corners=False).clamp(0, 1)
-
-
-def paired(sample) -> dict:
-    gt = sample()
-    return {'gt': gt, 'lq': (bicubic_x4_down(gt) * 255).round() / 255}
-
-
-def save_net(model, path: str) -> None:
-    sd = model.get_bare_model(model.net_g).state_dict()
-    atomic_save({'params': sd, 'params_ema': sd}, path)
-
-
 def evaluate_sr(model, crops: torch.Tensor, lpips) -> dict[str, float]:
     """Index accuracy (via the model's validation hooks), PSNR (Y, crop 4) and LPIPS on ``crops`` (one batch)."""
     model.start_validation()
-    model.feed_data({'gt': crops, 'lq': (bicubic_x4_down(crops) * 255).round() / 255})
+    model.feed_data(scripting.bicubic_x4_pair(crops))
     model.test()
     out = model.output
     psnrs = [calculate_psnr(tensor2img([out[i]]), tensor2img([crops[i]]), crop_border=4, test_y_channel=True)
@@ -106,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         scripting.on_device(opt, args.device, args.bf16)
         sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed)
         tok = scripting.train_steps(opt, lambda: {'gt': sample()}, args.tok_iters, log, 'stage I')
-        save_net(tok, tok_path)
+        scripting.save_net_g(tok, tok_path)
 
         torch.manual_seed(args.seed)
         opt = scripting.quickstart_options('tvqrap_stage2.yml', work)
@@ -114,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         scripting.fit_schedule(opt, args.stage2_iters)
         scripting.on_device(opt, args.device, args.bf16)
         sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed + 1)
-        s2 = scripting.train_steps(opt, lambda: paired(sample), args.stage2_iters, log, 'stage II')
-        save_net(s2, s2_path)
+        s2 = scripting.train_steps(opt, lambda: scripting.bicubic_x4_pair(sample()), args.stage2_iters, log, 'stage II')
+        scripting.save_net_g(s2, s2_path)
         rows.append({'branch': 'stage II (start)', 'iters': 0, **evaluate_sr(s2, crops, lpips)})
 
         for branch, file in (('(a) code-level only', 'tvqrap_stage2.yml'), ('(b) RAP', 'tvqrap_rap.yml')):
@@ -131,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 opt['train']['perceptual_opt'] = {'type': 'LPIPSLoss', 'loss_weight': 1.0, 'pretrained': True}
             # the same batches for both branches
             sample = scripting.crop_sampler(photos, args.batch, CROP, seed=args.seed + 2)
-            model = scripting.train_steps(opt, lambda s=sample: paired(s), args.iters, log, branch)
+            model = scripting.train_steps(opt, lambda s=sample: scripting.bicubic_x4_pair(s()), args.iters, log, branch)
             rows.append({'branch': branch, 'iters': args.iters, **evaluate_sr(model, crops, lpips)})
     log(f'\nRAP ablation on held-out crops (x4 bicubic LR; {time.time() - t0:.0f} s):\n')
     print(format_table(rows))
