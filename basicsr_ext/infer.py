@@ -454,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (bar.write(msg, file=sys.stderr) if bar is not None else logger.warning(msg))
     if bar is not None:
         bar.close()
-    logger.info(f'done in {time.time() - t0:.1f}s: {written} written to {args.output}, {len(failed)} failed')
+    logger.info(f'done in {time.time() - t0:.3f}s: {written} written to {args.output}, {len(failed)} failed')
     for src, reason in failed:
         logger.info(f'  FAILED {src}: {reason}')
     return 1 if failed else 0
