@@ -36,8 +36,41 @@ def option_file(*parts: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # photos
 # ----------------------------------------------------------------------------------------------------------
+#: Colour photos shipped inside other pinned dependencies (no download): name -> (distribution, file in it). The
+#: scikit-image set is mostly grey or synthetic; these add natural colour scenes (night, garden, sunset, snow, portrait).
+PACKAGE_PHOTOS = {
+    'grace_hopper': ('matplotlib', 'matplotlib/mpl-data/sample_data/grace_hopper.jpg'),
+    'night_street': ('pyiqa', 'tests/test_efficiency_img_dir/SPAQ_10241.jpg'),
+    'garden': ('pyiqa', 'tests/test_efficiency_img_dir/frame_4wrwr48cdk6rbcjl.jpg'),
+    'sunset_beach': ('pyiqa', 'tests/test_efficiency_img_dir/frame_7gzdcz9sif0ekg31.jpg'),
+    'snowy_road': ('pyiqa', 'tests/test_efficiency_img_dir/frame_9ogwhvvy7gfj6jzh.jpg'),
+}
+
+
+def package_photo_path(name: str) -> str:
+    """The file of a :data:`PACKAGE_PHOTOS` entry inside its installed distribution; a FileNotFoundError naming the
+    package and the file when it is not there."""
+    import importlib.metadata
+    dist_name, rel = PACKAGE_PHOTOS[name]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f'photo {name!r}: package {dist_name} is not installed (pip install -r '
+                                f'requirements.txt), it ships {rel}') from None
+    path = str(dist.locate_file(rel))
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'photo {name!r}: {path} is missing from {dist_name} {dist.version} '
+                                f'(reinstall it: pip install --force-reinstall -r requirements.txt)')
+    return path
+
+
 def load_photo(name: str) -> np.ndarray:
-    """A scikit-image photo as BGR uint8 H x W x 3 (gray -> 3 channels, alpha composited on white)."""
+    """A bundled photo as BGR uint8 H x W x 3 (gray -> 3 channels, alpha composited on white): a scikit-image
+    ``skimage.data`` name, or a :data:`PACKAGE_PHOTOS` name (read through the checked image reader)."""
+    if name in PACKAGE_PHOTOS:
+        from basicsr_ext.utils.image_io import read_image
+        img, _ = read_image(package_photo_path(name), channel_order='bgr', orient=True)
+        return np.ascontiguousarray(np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8))
     import skimage.data
     img = getattr(skimage.data, name)()
     if isinstance(img, tuple):  # stereo_motorcycle -> (left, right, disparity)

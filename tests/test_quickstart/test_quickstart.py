@@ -240,3 +240,58 @@ def test_shortened_quickstart_reports_figures_and_writes_the_sheet(qs_out, monke
     printed = capsys.readouterr().out
     assert table in printed and f'comparison sheet (chelsea, GT / bicubic / each method on the same crop): {sheet}' \
         in printed
+
+
+def test_stages_run_side_by_side_after_their_dependencies(tmp_path, monkeypatch):
+    """--jobs 2: a stage starts only after the stages it needs checkpoints from; independent stages overlap; a failed
+    stage's dependents are skipped with a row saying why; rows keep the plan order."""
+    import threading
+    qs = _quickstart_module()
+    plan = qs.plan_stages(None, str(tmp_path), log=lambda m: None)
+    deps = qs.stage_dependencies(plan)
+    assert deps == {'rrdb_l1': set(), 'ldl': {'rrdb_l1'}, 'aesop': {'rrdb_l1'}, 'tvqrap': set()}
+    assert qs.default_jobs() == (2 if (os.cpu_count() or 1) >= 2 else 1)
+
+    monkeypatch.setattr(qs, 'build_data', lambda out, rebuild=False, log=print: {})
+    monkeypatch.setattr(qs, 'bicubic_row', lambda out: {'method': 'bicubic', 'status': 'ok'})
+    monkeypatch.setattr(qs, 'write_sheet', lambda out, rows: None)
+    events, lock, running, overlap = [], threading.Lock(), set(), []
+    threads_seen = set()
+
+    def fake_stage(stage, out, iters_scale=1.0, log=print, threads=None, fail=()):
+        with lock:
+            events.append(('start', stage.name))
+            running.add(stage.name)
+            if len(running) > 1:
+                overlap.append(set(running))
+            threads_seen.add(threads)
+        log(f'training {stage.name}')
+        time.sleep(0.2)
+        with lock:
+            running.discard(stage.name)
+            events.append(('end', stage.name))
+        status = 'train failed: x' if stage.name in fail else 'ok'
+        return [{'method': st.label, 'status': status} for st in stage.steps if st.label]
+
+    logs = []
+    monkeypatch.setattr(qs, 'run_stage', fake_stage)
+    rows = qs.run_quickstart(str(tmp_path), log=logs.append, jobs=2)
+    for stage, needs in deps.items():
+        for dep in needs:
+            assert events.index(('end', dep)) < events.index(('start', stage)), (stage, dep, events)
+    assert overlap and all(len(r) <= 2 for r in overlap)
+    assert threads_seen == {max(1, (os.cpu_count() or 1) // 2)}
+    assert any(line.startswith('[tvqrap] training tvqrap') for line in logs)
+    labels = [st.label for s in plan for st in s.steps if st.label]
+    assert [r['method'] for r in rows] == ['bicubic'] + labels
+
+    monkeypatch.setattr(qs, 'run_stage', lambda *a, **k: fake_stage(*a, **k, fail=('rrdb_l1', )))
+    events.clear()
+    rows = qs.run_quickstart(str(tmp_path), log=logs.append, jobs=2)
+    started = {name for kind, name in events if kind == 'start'}
+    assert started == {'rrdb_l1', 'tvqrap'}
+    by_method = {r['method']: r['status'] for r in rows}
+    assert by_method['RRDB + LDL (AESOP baseline)'] == 'skipped: stage rrdb_l1 failed'
+    assert by_method['RRDB + AESOP'] == 'skipped: stage rrdb_l1 failed'
+    assert by_method['TVQ&RAP stage III (RAP)'] == 'ok'
+    assert [r['method'] for r in rows] == ['bicubic'] + labels

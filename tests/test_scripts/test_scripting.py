@@ -54,6 +54,24 @@ def test_photos_are_bgr_uint8_and_fit():
     assert rgb.shape == (256, 256, 3) and rgb.dtype == np.float32 and 0 <= rgb.min() and rgb.max() <= 1
 
 
+def test_package_photos_are_colour_and_a_missing_one_is_named(monkeypatch):
+    """The colour photos shipped inside pinned dependencies load as BGR uint8 (pixels = OpenCV's decoding of the
+    file); a missing package or file is one error naming both."""
+    import cv2
+    for name in scripting.PACKAGE_PHOTOS:
+        img = scripting.load_photo(name)
+        assert img.dtype == np.uint8 and img.ndim == 3 and min(img.shape[:2]) >= 500, name
+        assert np.abs(img[..., 0].astype(int) - img[..., 2]).mean() > 5, f'{name} is not a colour photo'
+    path = scripting.package_photo_path('grace_hopper')
+    assert np.array_equal(scripting.load_photo('grace_hopper'), cv2.imread(path, cv2.IMREAD_COLOR))
+    monkeypatch.setitem(scripting.PACKAGE_PHOTOS, 'gone', ('matplotlib', 'matplotlib/no_such_photo.jpg'))
+    with pytest.raises(FileNotFoundError, match=r'no_such_photo\.jpg is missing from matplotlib'):
+        scripting.load_photo('gone')
+    monkeypatch.setitem(scripting.PACKAGE_PHOTOS, 'gone', ('no-such-dist', 'x.jpg'))
+    with pytest.raises(FileNotFoundError, match='package no-such-dist is not installed'):
+        scripting.load_photo('gone')
+
+
 def test_crops_and_sampler_are_reproducible():
     crops = scripting.photo_crops(['astronaut'], 64, max_side=256)
     assert crops.shape == (16, 3, 64, 64)
