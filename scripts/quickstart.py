@@ -54,16 +54,19 @@ OPTIONS_DIR = option_file('quickstart')
 TRAIN_SCRIPT = osp.join(ROOT, 'basicsr_ext', 'train.py')
 TEST_SCRIPT = osp.join(ROOT, 'basicsr_ext', 'test.py')
 
-# scikit-image photos (bundled in the wheel, no download); the four validation photos are held out
-TRAIN_PHOTOS = ('astronaut', 'brick', 'camera', 'clock', 'grass', 'gravel', 'hubble_deep_field',
-                'immunohistochemistry', 'moon', 'page', 'text', 'retina', 'cell', 'stereo_motorcycle', 'horse',
-                'colorwheel', 'logo', 'shepp_logan_phantom')
+# Photos bundled with the installed packages (no download): scikit-image's, plus the natural colour scenes that
+# matplotlib and pyiqa ship (scripting.PACKAGE_PHOTOS). Colour-rich on purpose: with scikit-image's set alone 11 of 18
+# training photos were grey or synthetic (page, text, moon, phantom...) and the tiny TVQ tokenizer learned grey.
+# The four validation photos are held out.
+TRAIN_PHOTOS = ('astronaut', 'stereo_motorcycle', 'grace_hopper', 'night_street', 'garden', 'sunset_beach',
+                'snowy_road', 'hubble_deep_field', 'immunohistochemistry', 'retina', 'brick', 'grass', 'gravel',
+                'camera', 'colorwheel')
 VAL_PHOTOS = ('chelsea', 'coffee', 'coins', 'rocket')
 SCALE = 4
 MAX_SIDE = 512       # larger photos are first resized (INTER_AREA) so that none dominates the sub-images
 VAL_SIDE = 256       # validation: centre crop (fast validation; a multiple of 4 and of 64)
 SUB_CROP, SUB_STEP = 128, 64   # sub-images: BasicSR's recipe shape (step = crop / 2) at quickstart size
-DATA_VERSION = 1
+DATA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class Stage:
     name: str
     steps: tuple[Step, ...]
     note: str = field(default='')
+    secs: int = 0    # measured wall time (one thread, beside another stage, 2-core EPYC): with --jobs > 1 the
+    #                  longest stage that is ready starts first, so the short ones fill the other lane at the end
 
 
 #: the AE decoder starts from the L1 baseline, as the paper's starts from the PSNR RRDB (aesop.md §2), and stays frozen
@@ -92,13 +97,14 @@ AE_DECODER_INIT = ('path:pretrain_network_decoder=experiments/quickstart_rrdb_l1
                    'path:param_key_decoder=params', 'train:freeze_decoder=150')
 
 STAGES: tuple[Stage, ...] = (
-    Stage('rrdb_l1', (Step('rrdb_l1.yml', 'RRDB + L1 (baseline)', 'test_rrdb_l1.yml', short='RRDB + L1'), )),
-    Stage('ldl', (Step('ldl_rrdb.yml', 'RRDB + LDL (AESOP baseline)', short='RRDB + LDL'), )),
+    Stage('rrdb_l1', (Step('rrdb_l1.yml', 'RRDB + L1 (baseline)', 'test_rrdb_l1.yml', short='RRDB + L1'), ),
+          secs=187),
+    Stage('ldl', (Step('ldl_rrdb.yml', 'RRDB + LDL (AESOP baseline)', short='RRDB + LDL'), ), secs=69),
     Stage('aesop', (Step('aesop_autoencoder.yml', force=AE_DECODER_INIT),
-                    Step('aesop_rrdb.yml', 'RRDB + AESOP', short='RRDB + AESOP'))),
+                    Step('aesop_rrdb.yml', 'RRDB + AESOP', short='RRDB + AESOP')), secs=261),
     Stage('tvqrap', (Step('tvq_tokenizer.yml'),
                      Step('tvqrap_stage2.yml', 'TVQ&RAP stage II (code prediction)', short='TVQ&RAP II'),
-                     Step('tvqrap_rap.yml', 'TVQ&RAP stage III (RAP)', short='TVQ&RAP III'))),
+                     Step('tvqrap_rap.yml', 'TVQ&RAP stage III (RAP)', short='TVQ&RAP III')), secs=364),
 )
 
 
@@ -486,9 +492,9 @@ def _skipped_rows(stage: Stage, failed: str) -> list[dict]:
 def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float = 1.0, rebuild_data: bool = False,
                    log=print, threads: int | None = None, jobs: int = 1) -> list[dict]:
     """Data, then the planned stages (each one's steps in order: train, then test the labelled ones), up to ``jobs``
-    stages at once, a stage starting when the stages it needs checkpoints from have finished; then the comparison
-    sheet and ``quickstart_results.json``. Returns the table rows (bicubic first, then the stages in plan order).
-    With ``jobs`` > 1 every log line starts with its stage's name and ``threads`` defaults to cores / jobs."""
+    stages at once, a stage starting when the stages it needs checkpoints from have finished (the longest ready one
+    first, by ``Stage.secs``); then the comparison sheet and ``quickstart_results.json``. Returns the table rows
+    (bicubic first, then the stages in plan order). With ``jobs`` > 1 every log line starts with its stage's name and ``threads`` defaults to cores / jobs."""
     import threading
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
     out = osp.abspath(out)
@@ -517,7 +523,7 @@ def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         running = {}
         while pending or running:
-            for stage in list(pending):
+            for stage in sorted(pending, key=lambda st: -st.secs):   # longest ready stage first (stable)
                 if deps[stage.name] & failed:
                     pending.remove(stage)
                     bad = sorted(deps[stage.name] & failed)[0]

@@ -285,6 +285,11 @@ def test_stages_run_side_by_side_after_their_dependencies(tmp_path, monkeypatch)
     labels = [st.label for s in plan for st in s.steps if st.label]
     assert [r['method'] for r in rows] == ['bicubic'] + labels
 
+    events.clear()   # one lane: the longest ready stage first (Stage.secs), rows still in plan order
+    rows = qs.run_quickstart(str(tmp_path), log=logs.append, jobs=1)
+    assert [name for kind, name in events if kind == 'start'] == ['tvqrap', 'rrdb_l1', 'aesop', 'ldl']
+    assert [r['method'] for r in rows] == ['bicubic'] + labels
+
     monkeypatch.setattr(qs, 'run_stage', lambda *a, **k: fake_stage(*a, **k, fail=('rrdb_l1', )))
     events.clear()
     rows = qs.run_quickstart(str(tmp_path), log=logs.append, jobs=2)
