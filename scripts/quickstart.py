@@ -101,10 +101,10 @@ STAGES: tuple[Stage, ...] = (
           secs=187),
     Stage('ldl', (Step('ldl_rrdb.yml', 'RRDB + LDL (AESOP baseline)', short='RRDB + LDL'), ), secs=69),
     Stage('aesop', (Step('aesop_autoencoder.yml', force=AE_DECODER_INIT),
-                    Step('aesop_rrdb.yml', 'RRDB + AESOP', short='RRDB + AESOP')), secs=261),
+                    Step('aesop_rrdb.yml', 'RRDB + AESOP', short='RRDB + AESOP')), secs=354),
     Stage('tvqrap', (Step('tvq_tokenizer.yml'),
                      Step('tvqrap_stage2.yml', 'TVQ&RAP stage II (code prediction)', short='TVQ&RAP II'),
-                     Step('tvqrap_rap.yml', 'TVQ&RAP stage III (RAP)', short='TVQ&RAP III')), secs=364),
+                     Step('tvqrap_rap.yml', 'TVQ&RAP stage III (RAP)', short='TVQ&RAP III')), secs=451),
 )
 
 
