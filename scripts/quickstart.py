@@ -1,17 +1,18 @@
-"""Quickstart: one command, no download. Builds a tiny SR dataset from scikit-image's bundled photos, trains the
-quickstart stages with ``basicsr_ext/train.py`` and tests them with ``basicsr_ext/test.py``, then prints a table on
+"""Quickstart: one command, no download. Builds a tiny SR dataset from photos the installed packages ship (scikit-image,
+matplotlib, pyiqa), trains the quickstart stages with ``basicsr_ext/train.py`` and tests them with ``basicsr_ext/test.py``, then prints a table on
 held-out photos (4-pixel border crop): PSNR on Y and on RGB (a colour cast hides in Y), SSIM on Y, and sharpness as
 the ratio of the SR's mean absolute Laplacian to the GT's (1 = as sharp as the GT; no network weights needed), and
 writes one comparison sheet (the same crop of the GT, bicubic and every method) as ``quickstart_sheet.png``.
 
-    python scripts/quickstart.py                       # every stage whose options exist (~10 min on 2 cores)
-    python scripts/quickstart.py --stages rrdb_l1      # the baseline only (~1.5 min)
-    python scripts/quickstart.py --stages rrdb_l1 ldl aesop --threads 1   # the AESOP part (~5 min on 1 core)
+    python scripts/quickstart.py                       # every stage, two at a time (~9 min on 2 cores)
+    python scripts/quickstart.py --stages rrdb_l1      # the baseline only (~2.5 min)
+    python scripts/quickstart.py --stages rrdb_l1 ldl aesop   # the AESOP part (~9 min on 2 cores)
+    python scripts/quickstart.py --jobs 1              # one stage at a time (each on all cores)
     python scripts/quickstart.py --iters-scale 0.25    # shorter runs (smoke test)
 
 Layout under ``--out`` (default ``quickstart_out/``; option files in ``options/quickstart/`` rely on it):
 
-    datasets/train_HR.lmdb     GT sub-images (128x128, step 64) of 18 photos, keys in meta_info.txt
+    datasets/train_HR.lmdb     GT sub-images (128x128, step 64) of 15 photos, keys in meta_info.txt
     datasets/train_LRx4.lmdb   bicubic x4 LR sub-images (32x32), same keys
     datasets/val/HR/*.png      4 held-out photos, centre 256x256 (multiple of 4)
     datasets/val/LRx4/*.png    their bicubic x4 LR (BasicSR's MATLAB imresize)
