@@ -1,5 +1,5 @@
-"""What the command-line scripts under ``scripts/`` share, written once: the photos bundled with scikit-image,
-models built from the repository's option files, timed training steps, and Markdown tables.
+"""What the command-line scripts under ``scripts/`` share, written once: the photos bundled with scikit-image and
+other pinned packages, models built from the repository's option files, timed training steps, and Markdown tables.
 
 This module sits beside the entry points (``train.py``, ``test.py``, ``infer.py``), above every layer: it may
 import archs, losses, models and metrics, and nothing in the package imports it. Scripts import it as
