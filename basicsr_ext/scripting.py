@@ -37,7 +37,8 @@ def option_file(*parts: str) -> str:
 # photos
 # ----------------------------------------------------------------------------------------------------------
 #: Colour photos shipped inside other pinned dependencies (no download): name -> (distribution, file in it). The
-#: scikit-image set is mostly grey or synthetic; these add natural colour scenes (night, garden, sunset, snow, portrait).
+#: scikit-image set is mostly grey or synthetic; these add natural colour scenes (night, garden, sunset, snow,
+#: portrait).
 PACKAGE_PHOTOS = {
     'grace_hopper': ('matplotlib', 'matplotlib/mpl-data/sample_data/grace_hopper.jpg'),
     'night_street': ('pyiqa', 'tests/test_efficiency_img_dir/SPAQ_10241.jpg'),

@@ -343,20 +343,23 @@ def _referenced_experiments(opt) -> set[str]:
     return found
 
 
+def _step_option(step: Step) -> dict:
+    """The step's training option file, as written (no forced entries)."""
+    from basicsr_ext.utils.options import load_option_file
+    return load_option_file(osp.join(OPTIONS_DIR, step.option))
+
+
 def _stage_references(stage: Stage) -> set[str]:
     """Experiment names whose checkpoints the stage's option files (and forced entries) name."""
-    from basicsr_ext.utils.options import load_option_file
     refs: set[str] = set()
     for st in stage.steps:
-        refs |= _referenced_experiments(load_option_file(osp.join(OPTIONS_DIR, st.option)))
-        refs |= _referenced_experiments(list(st.force))
+        refs |= _referenced_experiments(_step_option(st)) | _referenced_experiments(list(st.force))
     return refs
 
 
 def _producers(stages) -> dict[str, Stage]:
     """Experiment name -> the stage whose step trains it."""
-    from basicsr_ext.utils.options import load_option_file
-    return {load_option_file(osp.join(OPTIONS_DIR, st.option))['name']: s for s in stages for st in s.steps}
+    return {_step_option(st)['name']: s for s in stages for st in s.steps}
 
 
 def plan_stages(names: list[str] | None, out: str, log=print) -> list[Stage]:
@@ -444,7 +447,7 @@ def run_stage(stage: Stage, out: str, iters_scale: float = 1.0, log=print, threa
     t_stage = time.time()
     for step in stage.steps:
         opt_path = osp.join(OPTIONS_DIR, step.option)
-        train_opt = apply_force(load_option_file(opt_path), step.force)
+        train_opt = apply_force(_step_option(step), step.force)
         base = osp.splitext(step.option)[0]
         cmd = [sys.executable, TRAIN_SCRIPT, '-opt', opt_path]
         force = list(step.force) + scaled_overrides(train_opt, iters_scale)
@@ -496,7 +499,8 @@ def run_quickstart(out: str, stages: list[str] | None = None, iters_scale: float
     """Data, then the planned stages (each one's steps in order: train, then test the labelled ones), up to ``jobs``
     stages at once, a stage starting when the stages it needs checkpoints from have finished (the longest ready one
     first, by ``Stage.secs``); then the comparison sheet and ``quickstart_results.json``. Returns the table rows
-    (bicubic first, then the stages in plan order). With ``jobs`` > 1 every log line starts with its stage's name and ``threads`` defaults to cores / jobs."""
+    (bicubic first, then the stages in plan order). With ``jobs`` > 1 every log line starts with its stage's name
+    and ``threads`` defaults to cores / jobs."""
     import threading
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
     out = osp.abspath(out)
@@ -577,8 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                         help='stages trained side by side, each waiting for the stages whose checkpoints it needs '
                              '(default: %(default)s = 2 on 2 or more cores)')
     parser.add_argument('--threads', type=int, default=None,
-                        help='OMP_NUM_THREADS of each train/test run (default: cores / jobs with --jobs > 1, else torch '
-                             'decides); 1 on a busy machine')
+                        help='OMP_NUM_THREADS of each train/test run (default: cores / jobs with --jobs > 1, else '
+                             'torch decides); 1 on a busy machine')
     args = parser.parse_args(argv)
     if not (args.iters_scale > 0 and math.isfinite(args.iters_scale)):
         parser.error('--iters-scale must be a positive number')
