@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from basicsr_ext.archs.tvq_arch import TVQTokenizer, build_decoder
+from basicsr_ext.archs.tvq_blocks import ChannelAffine
 from basicsr_ext.archs.tvqrap_arch import TVQRAPNet
 from tests.test_archs.tvq_tiny import TINY_TOKENIZER
 
@@ -35,9 +36,36 @@ def test_every_groupnorm_follows_norm_groups_and_the_state_dict_is_unchanged(gro
     sr.load_tokenizer(tok.state_dict(), None)  # same subtrees whatever the groups
 
 
+def test_zero_groups_replace_every_groupnorm_by_a_channel_affine_with_the_same_keys():
+    """``norm_groups: 0``: no GroupNorm left, one ChannelAffine per GroupNorm of the official layout; the state dict
+    keeps every key and shape (so the stages share checkpoints as with any group count); it starts as the identity
+    and stays per-channel (no statistic of the image is taken)."""
+    ref, tok = TVQTokenizer(**QUICK), TVQTokenizer(**QUICK, norm_groups=0)
+    assert _groups(tok) == set()
+    n_gn = sum(isinstance(m, nn.GroupNorm) for m in ref.modules())
+    assert sum(isinstance(m, ChannelAffine) for m in tok.modules()) == n_gn > 0
+    assert {k: v.shape for k, v in tok.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    tok.load_state_dict(ref.state_dict())
+    norm = ChannelAffine(4)
+    x = torch.randn(2, 4, 3, 3) * 5 + 7
+    assert torch.equal(norm(x), x)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1., 2., 3., 4.]))
+        norm.bias.fill_(1.)
+    assert torch.allclose(norm(x), x * torch.tensor([1., 2., 3., 4.]).view(1, 4, 1, 1) + 1)
+    assert torch.allclose(norm(x[:1]), norm(x)[:1])  # per sample: no batch or image statistic
+    sr = TVQRAPNet(lq_ch=[32, 32], emb_dim=32, low_ch=32, structure_ch=32, struct_mid_ch=32, dec_ch=[32, 32, 32],
+                   codebook_size=64, lq_depths=[1], fuse_depth=1, ft_depths=[1], gen_depth=1, num_heads=2,
+                   window_size=4, img_size=16, norm_groups=0)
+    assert _groups(sr) == set()
+    sr.load_tokenizer(tok.state_dict(), None)
+
+
 def test_a_group_count_that_does_not_divide_a_width_is_refused():
     with pytest.raises(ValueError, match='norm_groups'):
         TVQTokenizer(**QUICK, norm_groups=5)
+    with pytest.raises(ValueError, match='norm_groups'):
+        TVQTokenizer(**QUICK, norm_groups=-1)
 
 
 def test_with_one_channel_per_group_the_mean_colour_cannot_reach_the_output():
