@@ -104,7 +104,8 @@ STAGES: tuple[Stage, ...] = (
     Stage('ldl', (Step('ldl_rrdb.yml', 'RRDB + LDL (AESOP baseline)', short='RRDB + LDL'), ), secs=65),
     Stage('aesop', (Step('aesop_autoencoder.yml', force=AE_DECODER_INIT),
                     Step('aesop_rrdb.yml', 'RRDB + AESOP', short='RRDB + AESOP')), secs=355),
-    Stage('tvqrap', (Step('tvq_tokenizer.yml'),
+    Stage('tvqrap', (Step('tvq_tokenizer.yml', 'TVQ tokenizer (HR reconstruction, not SR)',
+                          short='TVQ tokenizer (recon)'),
                      Step('tvqrap_stage2.yml', 'TVQ&RAP stage II (code prediction)', short='TVQ&RAP II'),
                      Step('tvqrap_rap.yml', 'TVQ&RAP stage III (RAP)', short='TVQ&RAP III')), secs=454),
 )

@@ -175,8 +175,10 @@ class TVQTokenizer(nn.Module):
         img_size: HR size the persistent ``attn_mask`` buffers are built for (256 in the official checkpoints).
         commit_weight (1.0) / codebook_init_scale (None = uniform +-1/K): quantiser options for reduced nets, see
         :class:`VectorQuantizer` (official values by default).
-        norm_groups: groups of every GroupNorm (32 = official). Reduced widths need fewer (e.g. 8 for 32-channel
-        layers) so that a group is not a single channel; the state dict is the same for any value.
+        norm_groups: groups of every GroupNorm (32 = official). Reduced widths need fewer so that a group is not a
+        single channel; 0 = no normalisation (:class:`~basicsr_ext.archs.tvq_blocks.ChannelAffine`), what the
+        32-channel quickstart tokenizer uses (it learns colour, README "Scaling TVQ&RAP down"). The state dict is
+        the same for any value.
         zero_init_residual: start every residual branch at zero (:func:`zero_init_residual_branches`; False =
         official initialisation). For reduced nets trained for minutes; the state dict is the same.
     """

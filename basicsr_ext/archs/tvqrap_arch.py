@@ -94,7 +94,7 @@ class TVQRAPNet(nn.Module):
         pad_multiple: inference padding multiple of :meth:`forward` (None = structural 32; official test: 64).
         tokenizer_path / tokenizer_param_key: load blocks_1, blocks_3 and quantize from a stage-I checkpoint.
         fix_modules: frozen top-level modules (official ``['quantize', 'generator']``).
-        norm_groups: groups of every GroupNorm (32 = official); must equal the tokenizer's ``norm_groups``.
+        norm_groups: groups of every GroupNorm (32 = official; 0 = none); must equal the tokenizer's ``norm_groups``.
         zero_init_residual: start every residual branch at zero (``tvq_blocks.zero_init_residual_branches``; False =
         official initialisation); the frozen tokenizer parts are then loaded over it.
     """
