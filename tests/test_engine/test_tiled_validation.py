@@ -27,6 +27,8 @@ from basicsr_ext.utils.tiling import arch_multiple, tile_layout, to_feature
 from tests.harness import ROOT, load_options
 
 QUICK = load_options(os.path.join(ROOT, 'options', 'quickstart', 'tvqrap_rap.yml'))
+for _net in (QUICK['network_tok'], QUICK['network_g']):
+    _net['norm_groups'] = 1  # GroupNorm, as the paper-size nets: its image-wide statistics are what tiling must keep
 TINY_AE = {'type': 'AESOPAutoEncoder', 'num_feat': 16, 'num_block': 1, 'num_grow_ch': 4,
            'dec_opt': {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
                        'num_grow_ch': 4}}
