@@ -13,6 +13,9 @@ from tests.test_archs.tvq_tiny import TINY_TOKENIZER
 QUICK = dict(enc_ch=[32] * 5, latent_mid_ch=[32, 32], structure_ch=32, struct_mid_ch=32, emb_dim=32,
              codebook_size=64, dec_ch=[32, 32, 32], aux_ch=[32, 32], enc_depths=[1, 1], gen_depth=1, num_heads=2,
              window_size=4, img_size=64)
+QUICK_SR = dict(lq_ch=[32, 32], emb_dim=32, low_ch=32, structure_ch=32, struct_mid_ch=32, dec_ch=[32, 32, 32],
+                codebook_size=64, lq_depths=[1], fuse_depth=1, ft_depths=[1], gen_depth=1, num_heads=2, window_size=4,
+                img_size=16)
 
 
 def _groups(net: nn.Module) -> set[int]:
@@ -29,9 +32,7 @@ def test_every_groupnorm_follows_norm_groups_and_the_state_dict_is_unchanged(gro
     tok = TVQTokenizer(**QUICK, norm_groups=groups)
     assert _groups(tok) == {groups} and tok.norm_groups == groups
     assert {k: v.shape for k, v in tok.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
-    sr = TVQRAPNet(lq_ch=[32, 32], emb_dim=32, low_ch=32, structure_ch=32, struct_mid_ch=32, dec_ch=[32, 32, 32],
-                   codebook_size=64, lq_depths=[1], fuse_depth=1, ft_depths=[1], gen_depth=1, num_heads=2,
-                   window_size=4, img_size=16, norm_groups=groups)
+    sr = TVQRAPNet(**QUICK_SR, norm_groups=groups)
     assert _groups(sr) == {groups}
     sr.load_tokenizer(tok.state_dict(), None)  # same subtrees whatever the groups
 
@@ -54,9 +55,7 @@ def test_zero_groups_replace_every_groupnorm_by_a_channel_affine_with_the_same_k
         norm.bias.fill_(1.)
     assert torch.allclose(norm(x), x * torch.tensor([1., 2., 3., 4.]).view(1, 4, 1, 1) + 1)
     assert torch.allclose(norm(x[:1]), norm(x)[:1])  # per sample: no batch or image statistic
-    sr = TVQRAPNet(lq_ch=[32, 32], emb_dim=32, low_ch=32, structure_ch=32, struct_mid_ch=32, dec_ch=[32, 32, 32],
-                   codebook_size=64, lq_depths=[1], fuse_depth=1, ft_depths=[1], gen_depth=1, num_heads=2,
-                   window_size=4, img_size=16, norm_groups=0)
+    sr = TVQRAPNet(**QUICK_SR, norm_groups=0)
     assert _groups(sr) == set()
     sr.load_tokenizer(tok.state_dict(), None)
 
