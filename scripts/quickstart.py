@@ -212,7 +212,8 @@ def generic_test_option(train_opt: dict, param_key: str = 'params_ema', val_gt: 
     """A test option for a trained quickstart step: the train option's model and networks (not its data,
     validation or logging blocks), ``net_g_latest.pth`` with ``param_key`` (BasicSR falls back to ``params``;
     see :func:`choose_param_key`), the other ``path.pretrain_network_*`` entries as trained, and PSNR/SSIM
-    (Y, crop 4) on the validation photos."""
+    (Y, crop 4) on the validation photos: the LR/HR pairs for SR, the HR photos alone for a scale-1 model (the
+    tokenizer reconstructs its input, as in its training validation)."""
     skip = ('name', 'datasets', 'val', 'logger', 'path', 'dist_params', 'is_train')
     opt = OrderedDict()
     opt['name'] = f"test_{train_opt['name']}"
@@ -220,9 +221,12 @@ def generic_test_option(train_opt: dict, param_key: str = 'params_ema', val_gt: 
         if k not in skip:
             opt[k] = v
     opt['num_gpu'] = 0
-    opt['datasets'] = OrderedDict(test_1=OrderedDict(name='quickstart_val', type='PairedImageDataset',
-                                                     dataroot_gt=val_gt, dataroot_lq=val_lq,
-                                                     io_backend=OrderedDict(type='disk')))
+    if int(train_opt.get('scale', SCALE)) == 1:
+        data = OrderedDict(name='quickstart_val', type='GTOnlyDataset', dataroot_gt=val_gt, resize_mode='none')
+    else:
+        data = OrderedDict(name='quickstart_val', type='PairedImageDataset', dataroot_gt=val_gt, dataroot_lq=val_lq)
+    data['io_backend'] = OrderedDict(type='disk')
+    opt['datasets'] = OrderedDict(test_1=data)
     path = OrderedDict((k, v) for k, v in (train_opt.get('path') or {}).items()
                        if k not in ('resume_state', 'pretrain_network_g', 'param_key_g', 'strict_load_g'))
     path['pretrain_network_g'] = f"experiments/{train_opt['name']}/models/net_g_latest.pth"

@@ -1,9 +1,9 @@
 """Small-scale reproduction of TVQ&RAP Fig. 1c (tvqrap.md §7): reconstruction quality of texture VQ (TVQ) vs
 vanilla VQ at equal codebook sizes.
 
-Both tokenizers are the quickstart's reduced-width ``TVQTokenizer`` (options/quickstart/tvq_tokenizer.yml: one
-norm group, zero-initialised residual branches, the quantizer settings that keep the texture path alive, warm-up +
-cosine LR, dead-code re-initialisation),
+Both tokenizers are the quickstart's reduced-width ``TVQTokenizer`` (options/quickstart/tvq_tokenizer.yml: no
+normalisation (``norm_groups: 0``), zero-initialised residual branches, the official quantizer (beta 0.25, commitment
+1.0), warm-up + cosine LR, gradient clipping 0.3, dead-code re-initialisation),
 ``structure: true`` (TVQ: continuous structure latent at H/32 + quantised texture) vs ``structure: false`` (vanilla
 VQ: everything through the codebook), trained by ``TVQTokenizerModel`` with the same recipe, batches and number of
 iterations on random 128x128 crops (a 4x4 structure grid; 64 crops leave a 2x2 grid that is all border) of
@@ -11,10 +11,11 @@ scikit-image's bundled photos, and evaluated on the 128x128 tiles of two held-ou
 codebook usage and perplexity, and LPIPS-VGG when its weights are on disk.
 
 Choices for a CPU demo (the paper trains 100K-450K iterations on ImageNet and reports rFID): no GAN and no LPIPS
-loss (MSE + codebook (+ aux AE + alignment for TVQ)), EMA off, the option file's schedule stretched to ``--iters``.
+loss (MSE + codebook (+ aux AE + alignment for TVQ)), EMA off, the option file's schedule fitted to ``--iters``
+(800 by default, the option file's own length).
 README "Paper demos" holds the measured table and what it shows.
 
-    python scripts/paper/fig1c_tvq_vs_vq.py [--iters 400] [--sizes 4 16 64 256] [--out fig1c.png] [--threads 2]
+    python scripts/paper/fig1c_tvq_vs_vq.py [--iters 800] [--sizes 4 16 64 256] [--out fig1c.png] [--threads 2]
     python scripts/paper/fig1c_tvq_vs_vq.py --device cuda --bf16 --iters 5000 --batch 8   # the longer run, one GPU
 """
 from __future__ import annotations
@@ -84,7 +85,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument('--iters', type=int, default=400, help='training iterations per tokenizer (%(default)s)')
+    parser.add_argument('--iters', type=int, default=800, help='training iterations per tokenizer (%(default)s)')
     parser.add_argument('--sizes', type=int, nargs='+', default=[4, 16, 64, 256], help='codebook sizes')
     parser.add_argument('--batch', type=int, default=2, help='batch size (%(default)s; the quickstart file\'s)')
     parser.add_argument('--out', default='fig1c_tvq_vs_vq.png', help='plot file (%(default)s)')

@@ -86,3 +86,31 @@ def test_shipping_keeps_the_evaluated_weights_key(tmp_path, monkeypatch):
     runs, weights = tests_run(1.0)
     assert all('--force_yml' not in c for c in runs.values()) and set(weights.values()) == {'params_ema'}
     assert not (tmp_path / 'out1.0' / 'options').exists()  # nothing generated: every file is shipped
+
+
+@pytest.mark.parametrize('option', [s.option for s in _labelled_steps()])
+def test_shipped_test_option_builds_its_dataset_on_the_quickstart_folders(option, tmp_path, monkeypatch):
+    """The data block opens the quickstart's val folders as its model needs them: LR/HR pairs at the model's scale
+    for SR, the HR photo alone (whole, no crop) for the scale-1 tokenizer. A paired block for the tokenizer failed
+    here with 'GT is 256x256 but LQ is 64x64; expected GT = LQ x 1'."""
+    import cv2
+    import numpy as np
+    from basicsr.data import build_dataset
+
+    from basicsr_ext.utils.options import load_option_file
+    step = next(s for s in _labelled_steps() if s.option == option)
+    shipped = load_option_file(osp.join(OPTIONS, step.test_option or f'test_{step.option}'))
+    scale = int(shipped['scale'])
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)
+    for folder, img in (('datasets/val/HR', hr), ('datasets/val/LRx4', hr[::4, ::4])):
+        (tmp_path / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / folder / 'photo.png'), img)
+    monkeypatch.chdir(tmp_path)   # the shipped files name the folders relative to quickstart_out/
+    block = dict(shipped['datasets']['test_1'], phase='test', scale=scale)
+    sample = build_dataset(block)[0]
+    assert tuple(sample['gt'].shape) == (3, 96, 80)
+    if scale == 1:
+        assert 'lq' not in sample or tuple(sample['lq'].shape) == (3, 96, 80)
+    else:
+        assert tuple(sample['lq'].shape) == (3, 96 // scale, 80 // scale)
