@@ -26,6 +26,7 @@ def test_rap_ablation_compares_both_branches(capsys):
                                          '--threads', '1']) == 0
     out = capsys.readouterr().out
     assert '| (a) code-level only | 1 |' in out and '| (b) RAP | 1 |' in out and '%' in out
+    assert '| bicubic (reference) | - | - |' in out and '| sharpness |' in out
 
 
 def test_paper_scripts_refuse_cuda_without_a_gpu_in_one_line(monkeypatch):
