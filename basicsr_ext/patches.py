@@ -575,7 +575,8 @@ PATCHES: tuple[Patch, ...] = (
           'option files are parsed with the full YAML loader: a !!python/object tag in a downloaded .yml runs '
           'code; --force_yml goes through exec',
           'parse_options, ordered_yaml, yaml_load (basicsr.utils.options and every BasicSR module that imported '
-          'them): the safe ordered loader (file and line named), --force_yml values parsed as YAML data',
+          'them): the safe ordered loader (file and line named), --force_yml values parsed as YAML data and applied '
+          'before seeding (BasicSR seeds first: --force_yml manual_seed=N changed nothing)',
           _safe_options),
     Patch('quiet_option_dump', UPGRADE, 'basicsr 1.4.2 (train_pipeline, test_pipeline)',
           'the pipelines log every option (about 200 lines) to the console as well as to the log file: an error '

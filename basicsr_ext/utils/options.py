@@ -334,12 +334,7 @@ def parse_options(root_path: str, is_train: bool = True):
             bopt.init_dist(args.launcher)
     opt['rank'], opt['world_size'] = get_dist_info()
 
-    seed = opt.get('manual_seed')
-    if seed is None:
-        seed = random.randint(1, 10000)
-        opt['manual_seed'] = seed
-    set_random_seed(seed + opt['rank'])
-
+    # --force_yml before seeding (BasicSR 1.4.2 seeds first, so `--force_yml manual_seed=N` changed nothing)
     for entry in args.force_yml or []:
         _set_by_path(opt, entry)
     try:
@@ -347,6 +342,12 @@ def parse_options(root_path: str, is_train: bool = True):
     except OptionError as e:
         raise OptionError(f'{args.opt}: option {e}') from None
     check_numbers(opt, args.opt, is_train)
+
+    seed = opt.get('manual_seed')
+    if seed is None:
+        seed = random.randint(1, 10000)
+        opt['manual_seed'] = seed
+    set_random_seed(seed + opt['rank'])
 
     opt['auto_resume'] = args.auto_resume
     opt['is_train'] = is_train

@@ -353,6 +353,30 @@ def test_patch_safe_options(tmp_path, monkeypatch):
         assert bopt.yaml_load is ours.yaml_load
 
 
+def test_patch_safe_options_applies_force_yml_before_seeding(tmp_path, monkeypatch):
+    """BasicSR 1.4.2 seeds before it applies --force_yml, so `--force_yml manual_seed=N` left the seed unchanged
+    (only the logged option said N). Ours seeds with the forced value."""
+    import random
+
+    import torch
+
+    from basicsr_ext.utils import options as ours
+    path = tmp_path / 'seed.yml'
+    path.write_text('name: seed_demo\nmodel_type: SRModel\nnum_gpu: 0\nmanual_seed: 0\ndatasets: {}\npath: {}\n')
+
+    def draws(*force):
+        monkeypatch.setattr(sys, 'argv', ['test.py', '-opt', str(path), *force])
+        opt, _ = ours.parse_options(str(tmp_path), is_train=False)
+        return opt['manual_seed'], random.random(), torch.rand(1).item()
+
+    seed0, seed7 = draws(), draws('--force_yml', 'manual_seed=7')
+    assert seed0[0] == 0 and seed7[0] == 7
+    assert seed7[1:] != seed0[1:]
+    random.seed(7)
+    torch.manual_seed(7)
+    assert seed7[1:] == (random.random(), torch.rand(1).item())
+
+
 def test_patch_quiet_option_dump(tmp_path):
     """BasicSR logs the ~200-line option dump to the console too; with the entry it goes to the log file only."""
     import logging
