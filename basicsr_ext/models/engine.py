@@ -18,11 +18,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+from basicsr.utils import get_root_logger
 
 from basicsr_ext.models.validation import ValidationMixin
 from basicsr_ext.utils.checkpoint import load_network, save_network
 from basicsr_ext.utils.options import ConfigError, did_you_mean
-from basicsr_ext.utils.precision import fp32_region, inference_autocast, resolve_precision, warn_slow_training_precision
+from basicsr_ext.utils.precision import (PrecisionError, fp32_region, inference_autocast, resolve_precision,
+                                         resolve_training_amp, warn_slow_training_precision)
 from basicsr_ext.utils.tiling import TILE_NORMS, arch_multiple, tiled_forward
 from basicsr_ext.utils.training_state import resume_training, save_training_state
 
@@ -87,11 +89,17 @@ class EngineMixin(ValidationMixin):
     def setup_engine(self) -> None:
         """Apply the ``train:`` switches to every network (built by now) and create the GradScaler."""
         train_opt = self.opt.get('train', {}) or {}
-        self.use_amp = bool(train_opt.get('use_amp', False))
         dtype_name = str(train_opt.get('amp_dtype', 'bf16')).lower()
         if dtype_name not in _AMP_DTYPES:
             raise ConfigError(f"train.amp_dtype: {dtype_name!r} is not one of bf16, fp16")
         self.amp_dtype = _AMP_DTYPES[dtype_name]
+        try:  # true | false | auto (on where the device computes amp_dtype natively)
+            self.use_amp = resolve_training_amp(train_opt.get('use_amp', False), self.device, self.amp_dtype)
+        except PrecisionError as err:
+            raise ConfigError(str(err)) from None
+        if str(train_opt.get('use_amp')).lower() == 'auto':
+            get_root_logger().info(f'train.use_amp: auto -> {"on" if self.use_amp else "off"} '
+                                   f'({dtype_name} autocast on {self.device.type})')
         if self.use_amp and self.amp_dtype == torch.float16 and self.device.type == 'cpu':
             raise ConfigError('train.amp_dtype: fp16 autocast is for GPUs; use bf16 on CPU')
         warn_slow_training_precision(self.device, self.use_amp, self.amp_dtype)  # bf16 on a CPU without bf16 units

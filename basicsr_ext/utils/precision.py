@@ -7,6 +7,7 @@ Used by ``basicsr-ext-infer --precision``, by validation/test (``val.precision``
   bf16 convolutions and matmuls natively there), **fp16** on CUDA (as the official TVQ&RAP test does), **fp32**
   everywhere else. A CPU without those flags (e.g. AVX2-only AMD EPYC Zen 3) emulates bf16 with conversions and is
   *slower* in bf16 than in fp32, so ``auto`` keeps fp32 there. fp16 on a CPU is refused with one clear line.
+- :func:`resolve_training_amp`: ``train.use_amp: auto`` (autocast where the device computes it natively).
 - :func:`inference_autocast` is ``torch.autocast`` for bf16/fp16 and a ``nullcontext`` for fp32.
 - :func:`prefers_channels_last`, :func:`to_channels_last`, :func:`channels_last_input`: the memory-format
   policy. With bf16 on an AMX/avx512_bf16 CPU, oneDNN convolutions on NCHW inputs reorder every activation to
@@ -192,6 +193,24 @@ def slow_training_precision_warning(device: str | torch.device | None, use_amp: 
             'avx512_bf16): PyTorch falls back to its reference convolution, measured ~100x slower per convolution '
             'than fp32 (bf16 training steps 4-25x slower); train in fp32 here (use_amp: false), bf16 pays off on '
             'AMX / avx512_bf16 CPUs and GPUs')
+
+
+def resolve_training_amp(use_amp: object, device: str | torch.device | None, amp_dtype: torch.dtype,
+                         flags: Iterable[str] | None = None) -> bool:
+    """``train.use_amp`` -> whether the training step runs under autocast. ``true``/``false`` as given; ``auto``:
+    on where ``amp_dtype`` is computed natively, so autocast is a speed-up and never a slow-down: a CUDA device
+    (bf16 only where ``torch.cuda.is_bf16_supported()``), a CPU with bf16 units (:func:`cpu_has_bf16`; ``flags``
+    overrides ``/proc/cpuinfo``, for tests) for bf16. Anything else raises :class:`PrecisionError` naming the key."""
+    if isinstance(use_amp, bool):
+        return use_amp
+    if use_amp is None:
+        return False
+    if not (isinstance(use_amp, str) and use_amp.strip().lower() == 'auto'):
+        raise PrecisionError(f'train.use_amp: {use_amp!r} is not one of true, false, auto')
+    dev = _device(device)
+    if dev.type == 'cuda':
+        return amp_dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()
+    return dev.type == 'cpu' and amp_dtype == torch.bfloat16 and cpu_has_bf16(flags)
 
 
 def warn_slow_training_precision(device: str | torch.device | None, use_amp: bool,
