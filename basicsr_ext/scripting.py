@@ -206,8 +206,9 @@ def fit_schedule(opt: dict, iters: int) -> dict:
 
 def on_device(opt: dict, device: str = 'cpu', bf16: bool = False) -> dict:
     """Point an in-process training option dict at ``device`` ('cpu' or 'cuda'; in place, returns ``opt``) and,
-    with ``bf16``, switch on the engine's bf16 autocast (``train.use_amp``, ``amp_dtype: bf16``; AMX CPUs and GPUs).
-    CUDA without a GPU is refused with one line."""
+    with ``bf16``, switch on the engine's bf16 autocast (``train.use_amp``, ``amp_dtype: bf16``; AMX CPUs and GPUs),
+    without it fp32 (an option file's ``use_amp: auto`` too: the demos' precision is the flag's, so their tables
+    reproduce on any CPU). CUDA without a GPU is refused with one line."""
     if device not in ('cpu', 'cuda'):
         raise SystemExit(f'--device: {device!r} is not one of cpu, cuda')
     if device == 'cuda' and not torch.cuda.is_available():
@@ -215,6 +216,8 @@ def on_device(opt: dict, device: str = 'cpu', bf16: bool = False) -> dict:
     opt['num_gpu'] = 1 if device == 'cuda' else 0
     if bf16:
         opt['train'].update(use_amp=True, amp_dtype='bf16')
+    else:
+        opt['train']['use_amp'] = False
     return opt
 
 

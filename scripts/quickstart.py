@@ -5,9 +5,9 @@ held-out photos (4-pixel border crop): PSNR on Y and on RGB (a colour cast hides
 the ratio of the SR's mean absolute Laplacian to the GT's (1 = as sharp as the GT; no network weights needed), and
 writes one comparison sheet (the same crop of the GT, bicubic and every method) as ``quickstart_sheet.png``.
 
-    python scripts/quickstart.py                       # every stage, two at a time (~9 min on 2 cores)
-    python scripts/quickstart.py --stages rrdb_l1      # the baseline only (~2.5 min)
-    python scripts/quickstart.py --stages rrdb_l1 ldl aesop   # the AESOP part (~9 min on 2 cores)
+    python scripts/quickstart.py                       # every stage, two at a time (~8 min on 2 cores)
+    python scripts/quickstart.py --stages rrdb_l1      # the baseline only (~2 min)
+    python scripts/quickstart.py --stages rrdb_l1 ldl aesop   # the AESOP part (~6 min on 2 cores)
     python scripts/quickstart.py --jobs 1              # one stage at a time (each on all cores)
     python scripts/quickstart.py --iters-scale 0.25    # shorter runs (smoke test)
 
@@ -88,7 +88,7 @@ class Stage:
     name: str
     steps: tuple[Step, ...]
     note: str = field(default='')
-    secs: int = 0    # measured wall time (one thread, beside another stage, 2-core EPYC): with --jobs > 1 the
+    secs: int = 0    # measured wall time (one thread, beside another stage, 2-core AMX Xeon): with --jobs > 1 the
     #                  longest stage that is ready starts first, so the short ones fill the other lane at the end
 
 
@@ -100,14 +100,14 @@ AE_DECODER_INIT = ('path:pretrain_network_decoder=experiments/quickstart_rrdb_l1
 
 STAGES: tuple[Stage, ...] = (
     Stage('rrdb_l1', (Step('rrdb_l1.yml', 'RRDB + L1 (baseline)', 'test_rrdb_l1.yml', short='RRDB + L1'), ),
-          secs=189),
-    Stage('ldl', (Step('ldl_rrdb.yml', 'RRDB + LDL (AESOP baseline)', short='RRDB + LDL'), ), secs=65),
+          secs=130),
+    Stage('ldl', (Step('ldl_rrdb.yml', 'RRDB + LDL (AESOP baseline)', short='RRDB + LDL'), ), secs=50),
     Stage('aesop', (Step('aesop_autoencoder.yml', force=AE_DECODER_INIT),
-                    Step('aesop_rrdb.yml', 'RRDB + AESOP', short='RRDB + AESOP')), secs=355),
+                    Step('aesop_rrdb.yml', 'RRDB + AESOP', short='RRDB + AESOP')), secs=248),
     Stage('tvqrap', (Step('tvq_tokenizer.yml', 'TVQ tokenizer (HR reconstruction, not SR)',
                           short='TVQ tokenizer (recon)'),
                      Step('tvqrap_stage2.yml', 'TVQ&RAP stage II (code prediction)', short='TVQ&RAP II'),
-                     Step('tvqrap_rap.yml', 'TVQ&RAP stage III (RAP)', short='TVQ&RAP III')), secs=454),
+                     Step('tvqrap_rap.yml', 'TVQ&RAP stage III (RAP)', short='TVQ&RAP III')), secs=487),
 )
 
 

@@ -41,6 +41,9 @@ def test_on_device_sets_the_gpu_count_and_bf16_autocast():
     from basicsr_ext import scripting
     opt = scripting.on_device({'num_gpu': 1, 'train': {}}, 'cpu', bf16=True)
     assert opt['num_gpu'] == 0 and opt['train'] == {'use_amp': True, 'amp_dtype': 'bf16'}
+    # without --bf16 the demos run fp32, also from an option file that says use_amp: auto (the quickstart tokenizer)
+    opt = scripting.on_device(scripting.quickstart_options('tvq_tokenizer.yml', '.'), 'cpu')
+    assert opt['train']['use_amp'] is False
 
 
 def test_bench_reports_both_networks_and_ratios(capsys, monkeypatch):
