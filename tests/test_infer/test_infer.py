@@ -136,8 +136,9 @@ def test_opt_file_bf16_and_official_layout_log(tmp_path, capsys):
         f'num_grow_ch: 8, scale: 2}}\npath: {{pretrain_network_g: {tmp_path / "g.pth"}, param_key_g: params_ema}}\n')
     cv2.imwrite(str(tmp_path / 'p.png'), data.astronaut()[:31, :45][..., ::-1])
     base = ['-i', str(tmp_path / 'p.png'), '--opt', str(tmp_path / 'o.yml'), '--no-progress', '--suffix', '']
-    assert infer.main([*base, '-o', str(tmp_path / 'fp32')]) == 0  # weights from path.pretrain_network_g
-    assert 'multiple 2' in capsys.readouterr().err  # RRDBNet x2 pixel-unshuffles: LR padded to even
+    assert infer.main([*base, '-o', str(tmp_path / 'fp32'), '--precision', 'fp32']) == 0  # from pretrain_network_g
+    err = capsys.readouterr().err  # explicit fp32: the default 'auto' is bf16 on an AMX / avx512_bf16 CPU
+    assert 'multiple 2' in err and 'precision fp32' in err  # RRDBNet x2 pixel-unshuffles: LR padded to even
     assert infer.main([*base, '-o', str(tmp_path / 'bf16'), '--bf16']) == 0
     a, _ = read_image(str(tmp_path / 'fp32' / 'p.png'))
     b, _ = read_image(str(tmp_path / 'bf16' / 'p.png'))
