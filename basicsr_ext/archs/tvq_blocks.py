@@ -43,7 +43,8 @@ class ChannelAffine(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        w, b = self.weight.to(x.dtype).view(1, -1, 1, 1), self.bias.to(x.dtype).view(1, -1, 1, 1)
+        return torch.addcmul(b, x, w)
 
 
 def normalize(channels: int, groups: int = GN_GROUPS) -> nn.Module:
@@ -61,7 +62,7 @@ def normalize(channels: int, groups: int = GN_GROUPS) -> nn.Module:
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
+    return torch.nn.functional.silu(x)
 
 
 class ResBlock(nn.Module):

@@ -126,6 +126,7 @@ def test_aux_autoencoder_and_align_loss(tiny):
 
 
 def test_vanilla_vq_switch():
+    torch.manual_seed(0)
     net = TVQTokenizer(structure=False, **{k: v for k, v in TINY_TOKENIZER.items()})
     assert net.size_multiple == 32  # window 4 at H/8
     assert net.generator.blocks_1 is None and net.lq_encoder is None and net.lq_generator is None
@@ -135,7 +136,9 @@ def test_vanilla_vq_switch():
     assert out['structure_latent'] is None and out['structure_feature'] is None and 'align_loss' not in out
     assert out['indices'].shape == (2, 4, 8) and out['reconstruction'].shape == x.shape
     with torch.no_grad():
-        assert torch.allclose(net.decode(indices=out['indices']), out['reconstruction'], atol=1e-5)
+        # the forward decodes z + (q - z) (straight-through), decode() q itself: equal up to float rounding
+        # (measured up to 9e-6 on outputs near 2); a wrong decode path differs by O(0.1)
+        assert torch.allclose(net.decode(indices=out['indices']), out['reconstruction'], atol=5e-5)
     with pytest.raises(RuntimeError):
         net.structure_path(torch.rand(1, 32, 1, 1))
     (F.mse_loss(out['reconstruction'], x) + out['codebook_loss']).backward()
