@@ -12,7 +12,7 @@ codebook usage and perplexity, and LPIPS-VGG when its weights are on disk.
 
 Choices for a CPU demo (the paper trains 100K-450K iterations on ImageNet and reports rFID): no GAN and no LPIPS
 loss (MSE + codebook (+ aux AE + alignment for TVQ)), EMA off, the option file's schedule fitted to ``--iters``
-(800 by default: half the option file's 1600, so that the eight tokenizers fit 30 minutes on 2 cores;
+(800 by default: half the 1600 of the README's table, so that the eight tokenizers fit 30 minutes on 2 cores;
 warm-up and dead-code re-initialisation scaled with it).
 README "Paper demos" holds the measured table and what it shows.
 

@@ -7,7 +7,9 @@ the GT) and SR quality on held-out crops.
 Everything runs in memory on CPU with the quickstart's reduced-width networks (options/quickstart/) and the
 photos bundled with scikit-image: a tokenizer (stage I, TVQTokenizerModel), a stage-II predictor
 (TVQRAPModel, ``stage: code``), then the two branches, each with its option file's recipe (schedules fitted to
-the iteration counts; by default stage I and II run their option files' lengths, 1600 and 300). LR = bicubic x4 (antialiased) of random 128x128 GT crops (a 4x4 structure grid at H/32).
+the iteration counts; by default stage I runs 1600 iterations (the README's table; the
+quickstart file now has 1400) and stage II its file's 300). LR = bicubic x4 (antialiased) of random 128x128 GT
+crops (a 4x4 structure grid at H/32).
 LPIPS (loss of branch (b) and metric) is used only when its pretrained weights are on disk; otherwise branch (b)
 is MSE + GAN. The paper's finding: RAP lowers index accuracy (6.8% -> 4.4%) while every perceptual metric
 improves; at this scale expect the accuracy/quality trade-off, not the paper's numbers. README "Paper demos"
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument('--tok-iters', type=int, default=1600,
-                        help='stage-I iterations (%(default)s, the option file\'s)')
+                        help='stage-I iterations (%(default)s, as the README\'s table)')
     parser.add_argument('--stage2-iters', type=int, default=300, help='stage-II iterations (%(default)s)')
     parser.add_argument('--iters', type=int, default=150, help='iterations of each branch (%(default)s)')
     parser.add_argument('--batch', type=int, default=2, help='batch size (%(default)s, as the option files)')
