@@ -85,6 +85,9 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
     #: discriminators whose forward cannot take channels_last features (a flatten by ``.view``): kept NCHW
     NCHW_DISCRIMINATORS = ('VGGStyleDiscriminator',)
 
+    def channels_last_for(self, net: torch.nn.Module) -> bool:
+        return super().channels_last_for(net) and type(net).__name__ not in self.NCHW_DISCRIMINATORS
+
     def setup_engine(self) -> None:
         """The engine's switches; with ``train.channels_last`` the generator (and its EMA) as the engine sets them
         and the frozen AESOP AE (in :meth:`init_training_settings`, built after this) are channels_last; the

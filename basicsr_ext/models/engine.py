@@ -82,6 +82,19 @@ class EngineMixin(ValidationMixin):
                               f'{cls.__name__} reads: {", ".join(sorted(allowed))}')
 
     # ---- set-up, once: every init_training_settings ends with setup_optimizers (then schedulers) ------------
+    def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
+        """BasicSR's ``model_to_device`` with ``train.channels_last`` applied first. DDP lays out its gradient
+        buckets from the parameters when it wraps a network; a layout changed afterwards corrupts the all-reduced
+        gradients (measured: one plain-gradient step of the quickstart AESOP auto-encoder on 2 processes differed
+        from 1 process by up to 0.033 per weight when converted after wrapping, 1e-5 in NCHW)."""
+        if self.channels_last_for(net):
+            net = net.to(memory_format=torch.channels_last)
+        return super().model_to_device(net)
+
+    def channels_last_for(self, net: torch.nn.Module) -> bool:
+        """Whether ``train.channels_last`` applies to ``net`` (override to keep a network NCHW)."""
+        return bool(self.opt.get('is_train') and (self.opt.get('train') or {}).get('channels_last'))
+
     def setup_optimizers(self) -> None:
         super().setup_optimizers()
         self.setup_engine()
