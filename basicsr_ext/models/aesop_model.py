@@ -94,10 +94,7 @@ class AESOPESRGANModel(EngineMixin, ESRGANModel):
         discriminator only when it can take it: ``VGGStyleDiscriminator``'s flatten is a ``.view``, which fails on
         channels_last features, so it stays NCHW and is fed contiguous inputs (:meth:`d_input`)."""
         super().setup_engine()
-        self.d_channels_last = self.channels_last and \
-            (self.opt.get('network_d') or {}).get('type') not in self.NCHW_DISCRIMINATORS
-        if self.channels_last and not self.d_channels_last:  # in place: optimizer_d keeps its parameters
-            self.net_d = self.net_d.to(memory_format=torch.contiguous_format)
+        self.d_channels_last = self.channels_last_for(self.get_bare_model(self.net_d))
 
     # ---- training ----------------------------------------------------------------------------------------
     def loss_targets(self) -> dict[str, torch.Tensor]:

@@ -122,9 +122,10 @@ class EngineMixin(ValidationMixin):
         self.channels_last = bool(train_opt.get('channels_last', False))
         self.grad_scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
-        for name in ('net_g', 'net_d', 'net_g_ema') if self.channels_last else ():
-            if isinstance(getattr(self, name, None), torch.nn.Module):  # parameters keep their identity
-                setattr(self, name, getattr(self, name).to(memory_format=torch.channels_last))
+        for name in ('net_g', 'net_d', 'net_g_ema'):  # what model_to_device converted is a no-op here; this catches
+            net = getattr(self, name, None)            # the EMA copy, which BasicSR builds without model_to_device
+            if isinstance(net, torch.nn.Module) and self.channels_last_for(self.get_bare_model(net)):
+                setattr(self, name, net.to(memory_format=torch.channels_last))  # parameters keep their identity
         if train_opt.get('compile', False):
             self.net_g = torch.compile(self.net_g)
 
