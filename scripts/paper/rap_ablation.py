@@ -8,7 +8,7 @@ Everything runs in memory on CPU with the quickstart's reduced-width networks (o
 photos bundled with scikit-image: a tokenizer (stage I, TVQTokenizerModel), a stage-II predictor
 (TVQRAPModel, ``stage: code``), then the two branches, each with its option file's recipe (schedules fitted to
 the iteration counts; by default stage I runs 1600 iterations (the README's table; the
-quickstart file now has 1400) and stage II its file's 300). LR = bicubic x4 (antialiased) of random 128x128 GT
+quickstart file has the same) and stage II its file's 300). LR = bicubic x4 (antialiased) of random 128x128 GT
 crops (a 4x4 structure grid at H/32).
 LPIPS (loss of branch (b) and metric) is used only when its pretrained weights are on disk; otherwise branch (b)
 is MSE + GAN. The paper's finding: RAP lowers index accuracy (6.8% -> 4.4%) while every perceptual metric

@@ -60,6 +60,35 @@ def test_zero_groups_replace_every_groupnorm_by_a_channel_affine_with_the_same_k
     sr.load_tokenizer(tok.state_dict(), None)
 
 
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('shape', [(2, 16, 8, 8), (1, 8, 4, 6), (3, 16, 3, 3), (2, 32, 4, 4)])
+def test_channel_affine_row_tiled_path_computes_the_same_values_and_gradients(shape, dtype):
+    """bf16 channels_last with fewer than 32 channels takes the row-tiled layout (speed only): the same products,
+    bit for bit, forward and backward, and the output stays channels_last; fp32, 32 channels and shapes whose pixel
+    count the tile does not divide (3x16x3x3) keep the broadcast."""
+    torch.manual_seed(0)
+    norm = ChannelAffine(shape[1])
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.normal_()
+    x0 = torch.randn(shape).to(dtype)
+    outs = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        norm.zero_grad()
+        x = x0.clone(memory_format=fmt).requires_grad_()
+        y = norm(x)
+        assert y.dtype == dtype and y.is_contiguous(memory_format=fmt)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        outs.append((y.detach().contiguous(), x.grad.contiguous(), norm.weight.grad.clone(), norm.bias.grad.clone()))
+    ref_y = torch.addcmul(norm.bias.to(dtype).view(1, -1, 1, 1), x0, norm.weight.to(dtype).view(1, -1, 1, 1))
+    assert torch.equal(outs[0][0], ref_y) and torch.equal(outs[1][0], ref_y)
+    assert torch.equal(outs[0][1], outs[1][1])
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    for a, b in zip(outs[0][2:], outs[1][2:]):  # parameter grads: the same sums, in another order
+        torch.testing.assert_close(a, b, **tol)
+
+
 def test_a_group_count_that_does_not_divide_a_width_is_refused():
     with pytest.raises(ValueError, match='norm_groups'):
         TVQTokenizer(**QUICK, norm_groups=5)
