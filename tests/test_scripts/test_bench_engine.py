@@ -35,3 +35,15 @@ def test_bf16_channels_last_steps_on_cpu(option, monkeypatch, tmp_path):
                                       warmup=0, batch=2)
     assert t > 0
     assert (torch.bfloat16, True) in seen
+
+
+def test_channel_affine_benchmark_restores_the_tiled_path_and_reports_four_variants():
+    """bench_channel_affine's step table swaps ChannelAffine.forward for the broadcast baseline while it times it;
+    afterwards the class has its own forward again, and the table has one row per variant."""
+    from basicsr_ext.archs.tvq_blocks import ChannelAffine
+    bench = load_script('bench/bench_channel_affine')
+    forward = ChannelAffine.forward
+    table = bench.tokenizer_step_table(steps=1, rounds=1)
+    assert ChannelAffine.forward is forward
+    rows = [line for line in table.splitlines()[2:] if line.startswith('|')]
+    assert len(rows) == 4 and {r.split('|')[1].strip() for r in rows} == {'broadcast', 'row-tiled'}
