@@ -42,7 +42,7 @@ class ChannelAffine(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    #: channels_last maps with fewer channels than this take the row-tiled path of :meth:`forward`
+    #: 16-bit channels_last maps with fewer channels than this take the row-tiled path of :meth:`forward`
     TILE_BELOW_CHANNELS = 32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,9 +52,9 @@ class ChannelAffine(nn.Module):
         if (x.element_size() == 2 and c < self.TILE_BELOW_CHANNELS and not x.is_contiguous()
                 and (n * h * wd) % rows == 0 and x.is_contiguous(memory_format=torch.channels_last)):
             # Same products, laid out for speed: in bf16 a channels_last map broadcast over a 16-wide inner
-            # dimension runs 2.6x slower (fwd+bwd of 2x16x128^2: 1.68 vs 0.65 ms, one EPYC core; in fp32 the
-            # broadcast is faster, so fp32 keeps it; scripts/bench/bench_channel_affine.py), so rows of ``rows``
-            # pixels x C channels take the tiled scale and shift.
+            # dimension runs 1.7-2.6x slower (fwd+bwd of 2x16x128^2: 2.43 vs 1.14 ms, one EPYC core; fp32 gains
+            # nothing and keeps the broadcast; scripts/bench/bench_channel_affine.py), so rows of ``rows`` pixels x
+            # C channels take the tiled scale and shift.
             y = torch.addcmul(b.repeat(rows), x.permute(0, 2, 3, 1).reshape(-1, c * rows), w.repeat(rows))
             return y.view(n, h, wd, c).permute(0, 3, 1, 2)
         return torch.addcmul(b.view(1, -1, 1, 1), x, w.view(1, -1, 1, 1))
