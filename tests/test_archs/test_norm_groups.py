@@ -60,7 +60,6 @@ def test_zero_groups_replace_every_groupnorm_by_a_channel_affine_with_the_same_k
     sr.load_tokenizer(tok.state_dict(), None)
 
 
-
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('shape', [(2, 16, 8, 8), (1, 8, 4, 6), (3, 16, 3, 3), (2, 32, 4, 4)])
 def test_channel_affine_row_tiled_path_computes_the_same_values_and_gradients(shape, dtype):

@@ -38,12 +38,12 @@ def test_bf16_channels_last_steps_on_cpu(option, monkeypatch, tmp_path):
 
 
 def test_channel_affine_benchmark_restores_the_tiled_path_and_reports_four_variants():
-    """bench_channel_affine's step table swaps ChannelAffine.forward for the broadcast baseline while it times it;
-    afterwards the class has its own forward again, and the table has one row per variant."""
+    """bench_channel_affine's step table switches ChannelAffine's row tiling off for the broadcast baseline while it
+    times it; afterwards the class is as shipped again, and the table has one row per variant."""
     from basicsr_ext.archs.tvq_blocks import ChannelAffine
     bench = load_script('bench/bench_channel_affine')
-    forward = ChannelAffine.forward
+    forward, threshold = ChannelAffine.forward, ChannelAffine.TILE_BELOW_CHANNELS
     table = bench.tokenizer_step_table(steps=1, rounds=1)
-    assert ChannelAffine.forward is forward
+    assert ChannelAffine.forward is forward and ChannelAffine.TILE_BELOW_CHANNELS == threshold
     rows = [line for line in table.splitlines()[2:] if line.startswith('|')]
     assert len(rows) == 4 and {r.split('|')[1].strip() for r in rows} == {'broadcast', 'row-tiled'}
