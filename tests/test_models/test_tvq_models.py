@@ -265,3 +265,28 @@ def test_codebook_usage_statistics():
     assert uniform == {'codebook_perplexity': pytest.approx(8.0), 'codebook_usage': 1.0}
     one = codebook_usage(torch.tensor([0, 5.0, 0, 0], dtype=torch.float64))
     assert one == {'codebook_perplexity': pytest.approx(1.0), 'codebook_usage': 0.25}
+
+
+def test_ema_update_matches_the_per_tensor_rule(stage2, assets):
+    """model_ema (foreach over cached lists) = BasicSR's ``ema * d + p * (1 - d)`` per trainable tensor, bit for bit;
+    frozen tensors (codebook, decoder of the SR net) copied; a parameter frozen later is copied from then on."""
+    model = build(stage2['opt'], assets['root'])
+    net = model.get_bare_model(model.net_g)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    before = {k: v.clone() for k, v in model.net_g_ema.named_parameters()}
+    model.model_ema(0.9)
+    ema = dict(model.net_g_ema.named_parameters())
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
+    assert trainable and frozen
+    for name, p in net.named_parameters():
+        expect = before[name].mul(0.9).add_(p, alpha=0.1) if p.requires_grad else p
+        assert torch.equal(ema[name], expect), name
+    first = dict(net.named_parameters())[trainable[0]]
+    first.requires_grad_(False)
+    with torch.no_grad():
+        first.add_(1.0)
+    model.model_ema(0.9)
+    assert torch.equal(ema[trainable[0]], first)
