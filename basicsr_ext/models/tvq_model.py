@@ -119,8 +119,8 @@ class VQGANTrainingMixin:
     def model_ema(self, decay: float = 0.999) -> None:
         """BasicSR's parameter EMA (``ema * decay + p * (1 - decay)``, the same two ops per tensor), except that
         frozen parameters (the SR net's codebook and decoder) are copied. Done with ``torch._foreach_*`` over
-        parameter lists built once (:meth:`ema_pairs`): walking ``named_parameters()`` and updating ~300 small
-        tensors one by one cost 8 ms per iteration of the 1600-iteration quickstart tokenizer (5 %), now ~1 ms."""
+        parameter lists built once (:meth:`ema_pairs`): walking ``named_parameters()`` and updating the quickstart
+        tokenizer's 566 small tensors one by one took 3.7 ms per iteration, now 1.2 ms (1 thread, EPYC)."""
         (ema_avg, src_avg), (ema_copy, src_copy) = self.ema_pairs()
         if ema_avg:
             torch._foreach_mul_(ema_avg, decay)

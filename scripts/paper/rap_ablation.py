@@ -7,15 +7,15 @@ the GT) and SR quality on held-out crops.
 Everything runs in memory on CPU with the quickstart's reduced-width networks (options/quickstart/) and the
 photos bundled with scikit-image: a tokenizer (stage I, TVQTokenizerModel), a stage-II predictor
 (TVQRAPModel, ``stage: code``), then the two branches, each with its option file's recipe (schedules fitted to
-the iteration counts; by default stage I runs 1600 iterations (the README's table; the
-quickstart file has the same) and stage II its file's 300). LR = bicubic x4 (antialiased) of random 128x128 GT
+the iteration counts; by default stage I and stage II run their quickstart files' lengths, 2000 and 600
+iterations, as the README's table). LR = bicubic x4 (antialiased) of random 128x128 GT
 crops (a 4x4 structure grid at H/32).
 LPIPS (loss of branch (b) and metric) is used only when its pretrained weights are on disk; otherwise branch (b)
 is MSE + GAN. The paper's finding: RAP lowers index accuracy (6.8% -> 4.4%) while every perceptual metric
 improves; at this scale expect the accuracy/quality trade-off, not the paper's numbers. README "Paper demos"
 holds the measured table.
 
-    python scripts/paper/rap_ablation.py [--tok-iters 1600] [--stage2-iters 300] [--iters 150] [--threads 2]
+    python scripts/paper/rap_ablation.py [--tok-iters 2000] [--stage2-iters 600] [--iters 150] [--threads 2]
     python scripts/paper/rap_ablation.py --device cuda --bf16 --tok-iters 5000 --stage2-iters 5000 --iters 1000 --batch 8
 """
 from __future__ import annotations
@@ -78,9 +78,10 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument('--tok-iters', type=int, default=1600,
-                        help='stage-I iterations (%(default)s, as the README\'s table)')
-    parser.add_argument('--stage2-iters', type=int, default=300, help='stage-II iterations (%(default)s)')
+    parser.add_argument('--tok-iters', type=int, default=2000,
+                        help='stage-I iterations (%(default)s, the quickstart file\'s and the README\'s table)')
+    parser.add_argument('--stage2-iters', type=int, default=600,
+                        help='stage-II iterations (%(default)s, the quickstart file\'s)')
     parser.add_argument('--iters', type=int, default=150, help='iterations of each branch (%(default)s)')
     parser.add_argument('--batch', type=int, default=2, help='batch size (%(default)s, as the option files)')
     parser.add_argument('--lr', type=float, default=1e-4, help='Adam learning rate of both branches (%(default)s)')
