@@ -261,7 +261,7 @@ def save_net_g(model: Any, path: str) -> None:
 
 
 #: iterations of :func:`train_quickstart_tvqrap` (tokenizer, stage II, RAP): the accuracy guard's default
-QUICK_TVQRAP_ITERS = (80, 80, 5)
+QUICK_TVQRAP_ITERS = (150, 600, 5)
 
 
 def train_quickstart_tvqrap(workdir: str, iters: Sequence[int] = QUICK_TVQRAP_ITERS, seed: int = 0,
@@ -275,11 +275,12 @@ def train_quickstart_tvqrap(workdir: str, iters: Sequence[int] = QUICK_TVQRAP_IT
     ``workdir``; the caller's torch RNG state is left as it was.
 
     Trained weights, not random ones, are what the bf16 accuracy guard needs: a random frozen decoder amplifies
-    every rounding (bf16 vs fp32 ~31 dB), a trained one does not (56-58 dB). The default 80 + 80 + 5 iterations
-    give chelsea at 19.1 dB against 14.6 dB for the random net (the tokenizer without normalisation,
-    ``norm_groups: 0``; 30 tokenizer iterations gave 17.3 dB, under the guard's +3 dB margin) and at least 98 %
-    equal code indices in bf16 (the guard's threshold); shorter stage-II runs leave flat logits (94.7-99.7 % over
-    seeds at 20 + 10 + 5, measured with the earlier GroupNorm tokenizer)."""
+    every rounding (bf16 vs fp32 ~31 dB), a trained one does not (56-58 dB). The default 150 + 600 + 5 iterations
+    (~1 min of one core) give chelsea at 20.0 dB against 16.6 dB for the random net with the quickstart's 1024
+    codes (the guard's margin is +3 dB; 80 + 80 + 5 gave 18.1, 80 + 400 + 5 19.2, 80 + 800 + 5 19.5: a stage II
+    predicting 1024 codes needs hundreds of iterations; with 64 codes 80 + 80 + 5 gave 19.1 vs 14.6) and at least
+    98 % equal code indices in bf16 (the guard's threshold); shorter stage-II runs leave flat logits (94.7-99.7 %
+    over seeds at 20 + 10 + 5, measured with the earlier GroupNorm tokenizer)."""
     if len(iters) != 3 or min(iters) < 1:
         raise ValueError(f'iters {tuple(iters)!r}: three counts >= 1 (tokenizer, stage II, RAP)')
     log = log or (lambda _msg: None)

@@ -96,7 +96,7 @@ def test_guard_weights_are_trained(trained_tvqrap):
     trained = Upscaler(_tvqrap(trained_tvqrap), scale=4, device='cpu', precision='fp32')(lr)
     torch.manual_seed(0)
     random = Upscaler(build_network(dict(trained_tvqrap[0])).eval(), scale=4, device='cpu', precision='fp32')(lr)
-    assert _psnr(trained, gt) >= _psnr(random, gt) + 3.0  # measured 19.1 vs 14.6 dB (norm_groups 0)
+    assert _psnr(trained, gt) >= _psnr(random, gt) + 3.0  # measured 20.0 vs 16.6 dB (1024 codes, 150 + 600 + 5)
 
 
 def test_rrdb_bf16_within_45db_on_a_photo():
