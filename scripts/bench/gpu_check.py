@@ -10,8 +10,8 @@
    rule of tests/golden_rule.py): fp32 with TF32 off within 1e-3 and code indices identical; fp16 / bf16
    autocast reported as PSNR vs the golden image and index agreement.
 3. ``basicsr-ext-infer`` in fp16 and bf16 (and fp32) on 3 photos with the quickstart TVQ&RAP trained in memory
-   first (``scripting.train_quickstart_tvqrap``, its default 150 + 600 + 5 steps): exit 0, PSNR of the low-precision outputs vs
-   fp32 reported.
+   first (``scripting.train_quickstart_tvqrap``, its default 150 + 600 + 5 steps): exit 0, PSNR of the
+   low-precision outputs vs fp32 reported.
 4. A 1-process NCCL process group (BasicSR's ``init_dist('pytorch')`` as patched by basicsr_ext) and one DDP
    training step of the RAP model (``dist: true``).
 5. ``scripts/bench/bench_infer.py`` on CUDA (64², 128², 256², the CLI comparison at 128²), its tables printed.
