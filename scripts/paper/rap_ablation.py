@@ -34,6 +34,7 @@ from basicsr.utils import tensor2img
 
 from basicsr_ext import scripting
 from basicsr_ext.utils.comparison import laplacian_ratio
+from basicsr_ext.utils.options import load_option_file
 
 CROP = 128      # the held-out tiles and the training crops (a 4x4 grid of the H/32 structure latent)
 MAX_SIDE = 512  # as the quickstart's photos
@@ -75,13 +76,18 @@ def format_table(rows: list[dict]) -> str:
          for r in rows], align='lrrrrr')
 
 
+def file_iters(file: str) -> int:
+    """``train.total_iter`` of a quickstart option file: the default lengths follow the files, not a copy."""
+    return int(load_option_file(scripting.option_file('quickstart', file))['train']['total_iter'])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument('--tok-iters', type=int, default=2000,
-                        help='stage-I iterations (%(default)s, the quickstart file\'s and the README\'s table)')
-    parser.add_argument('--stage2-iters', type=int, default=600,
-                        help='stage-II iterations (%(default)s, the quickstart file\'s)')
+    parser.add_argument('--tok-iters', type=int, default=file_iters('tvq_tokenizer.yml'),
+                        help='stage-I iterations (%(default)s: options/quickstart/tvq_tokenizer.yml\'s total_iter)')
+    parser.add_argument('--stage2-iters', type=int, default=file_iters('tvqrap_stage2.yml'),
+                        help='stage-II iterations (%(default)s: options/quickstart/tvqrap_stage2.yml\'s total_iter)')
     parser.add_argument('--iters', type=int, default=150, help='iterations of each branch (%(default)s)')
     parser.add_argument('--batch', type=int, default=2, help='batch size (%(default)s, as the option files)')
     parser.add_argument('--lr', type=float, default=1e-4, help='Adam learning rate of both branches (%(default)s)')
